@@ -1,0 +1,155 @@
+"""A private apt state on the build host for Debian's kernel packages of any suite.
+
+apt checks the archive's signatures (InRelease against the host's Debian keyrings) and the
+package hashes, so nothing downloaded here is trusted on the mirror's word alone. The mirror
+addresses come from the host's own apt configuration, never from this code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HeadersUnavailable
+
+__all__ = ["Mirrors", "host_mirrors", "PrivateApt", "PackageRef"]
+
+_HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+
+
+@dataclass(frozen=True)
+class Mirrors:
+    debian: str
+    security: str
+
+    def for_suite(self, suite: str) -> str:
+        return self.security if suite.endswith("-security") else self.debian
+
+
+@dataclass(frozen=True)
+class PackageRef:
+    name: str
+    version: str
+    suite: str
+    deb_arch: str
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.version} ({self.suite}/{self.deb_arch})"
+
+
+def host_mirrors() -> Mirrors:
+    """The Debian and Debian-security mirrors this host's apt already uses."""
+    uris: list[str] = []
+    for path in _HOST_SOURCES:
+        if path.is_file():
+            text = path.read_text()
+            uris += re.findall(r"^URIs:\s*(\S+)", text, re.M)
+            uris += re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M)
+    debian = next((u for u in uris if not u.rstrip("/").endswith("-security")), None)
+    if debian is None:
+        raise HeadersUnavailable("no Debian mirror in the host's apt sources (/etc/apt/sources.list.d/debian.sources)")
+    security = next((u for u in uris if u.rstrip("/").endswith("-security")), debian.rstrip("/") + "-security")
+    return Mirrors(debian.rstrip("/"), security.rstrip("/"))
+
+
+class PrivateApt:
+    """apt-get/apt-cache over a state directory of our own, for the suites and arches asked."""
+
+    def __init__(self, root: Path, suites: list[str], deb_arches: list[str], mirrors: Mirrors | None = None) -> None:
+        self.root = root
+        self.suites = sorted(set(suites))
+        self.deb_arches = sorted(set(deb_arches))
+        self.mirrors = mirrors or host_mirrors()
+        self._updated = False
+
+    def _options(self) -> list[str]:
+        opts = [
+            f"-oDir::Etc::SourceList={self.root / 'sources.list'}",
+            "-oDir::Etc::SourceParts=/nonexistent",
+            f"-oDir::State::Lists={self.root / 'lists'}",
+            f"-oDir::State::status={self.root / 'status'}",
+            f"-oDir::Cache={self.root / 'cache'}",
+            "-oAcquire::Languages=none",
+            "-oAPT::Sandbox::User=root",
+            "-oDebug::NoLocking=1",
+            "-qq",
+        ]
+        opts += [f"-oAPT::Architectures::={a}" for a in self.deb_arches]
+        return opts
+
+    def _write_config(self) -> None:
+        for sub in ("lists/partial", "cache/archives/partial"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "status").touch()
+        lines = [
+            f"deb [arch={','.join(self.deb_arches)}] {self.mirrors.for_suite(s)} {s} main" for s in self.suites
+        ]
+        (self.root / "sources.list").write_text("\n".join(lines) + "\n")
+
+    def update(self) -> None:
+        """Fetch and verify the package indices of our suites (once per instance)."""
+        if self._updated:
+            return
+        self._write_config()
+        proc = subprocess.run(["apt-get", *self._options(), "update"], capture_output=True, text=True)
+        problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("E:", "W:", "Err:"))]
+        if proc.returncode != 0 or any(ln.startswith(("E:", "Err:")) for ln in problems):
+            raise HeadersUnavailable(f"apt update of {', '.join(self.suites)} failed: {'; '.join(problems) or proc.stderr.strip()}")
+        self._updated = True
+
+    def download(self, refs: list[PackageRef], dest: Path) -> list[Path]:
+        """Download exact package versions into dest; name the first one the archive lacks."""
+        self.update()
+        dest.mkdir(parents=True, exist_ok=True)
+        for ref in refs:
+            if not self.available(ref):
+                raise HeadersUnavailable(
+                    f"{ref.name}={ref.version} ({ref.deb_arch}) is no longer served by Debian suite {ref.suite}: "
+                    f"run `invoke kernels.discover --suite {ref.suite}` and update that kernel's version in kernels.yaml"
+                )
+        specs = [f"{r.name}:{r.deb_arch}={r.version}" for r in refs]
+        proc = subprocess.run(["apt-get", *self._options(), "download", *specs], cwd=dest, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise HeadersUnavailable(f"apt-get download {' '.join(specs)} failed: {proc.stderr.strip()}")
+        paths = []
+        for ref in refs:
+            found = sorted(dest.glob(f"{ref.name}_*.deb"))
+            if not found:
+                raise HeadersUnavailable(f"apt-get download left no .deb for {ref}")
+            paths.append(found[0])
+        return paths
+
+    def available(self, ref: PackageRef) -> bool:
+        return any(version == ref.version for version, _ in self.madison(ref.name, ref.deb_arch))
+
+    def madison(self, name: str, deb_arch: str) -> list[tuple[str, str]]:
+        """(version, suite) of every copy of a package the indices list."""
+        self.update()
+        proc = subprocess.run(["apt-cache", *self._options(), "madison", f"{name}:{deb_arch}"],
+                              capture_output=True, text=True)
+        found = []
+        for line in proc.stdout.splitlines():
+            cols = [c.strip() for c in line.split("|")]
+            if len(cols) >= 3:
+                found.append((cols[1], cols[2].split()[1].split("/")[0]))
+        return found
+
+    def package_names(self, prefix: str) -> list[str]:
+        self.update()
+        proc = subprocess.run(["apt-cache", *self._options(), "pkgnames", prefix], capture_output=True, text=True)
+        return sorted(proc.stdout.split())
+
+    def show(self, name: str, deb_arch: str) -> list[dict[str, str]]:
+        """Every index record of a package: one dict of fields per (version, suite)."""
+        self.update()
+        proc = subprocess.run(["apt-cache", *self._options(), "show", f"{name}:{deb_arch}"],
+                              capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+        records = []
+        for block in proc.stdout.split("\n\n"):
+            fields = dict(re.findall(r"^([A-Za-z0-9-]+): (.*)$", block, re.M))
+            if fields:
+                records.append(fields)
+        return records

@@ -1,0 +1,290 @@
+"""build-all: stitch, plan units against the cache, compile what is missing, write build/.
+
+Nothing here starts a container or touches the network unless some unit is missing from the
+cache: a rebuild with nothing changed only hashes sources and reads the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .apt import PrivateApt
+from .cache import ObjectCache
+from .compile import Job, Outcome, run_batch
+from .errors import HeadersUnavailable, UnitsFailed
+from .headers import HeadersCache, KernelHeaders
+from .kernels import Kernel, Matrix, load_matrix
+from .report import UnitProgress, console, failure_report, step, summary_table
+from .stitch import Stitched, StitchError, stitch
+from .toolchain import ToolchainImage, docker_client, ensure_image, recipe_hash
+from .units import BTF_DIR, HEADERS_DIR, Unit, cache_key, compile_args, enumerate_units, shard
+
+__all__ = ["BuildOptions", "BuildResult", "build_all", "write_atomic"]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    matrix_path: Path
+    build_dir: Path
+    cache_dir: Path
+    shard: tuple[int, int] | None = None
+    parallel: int | None = None
+
+
+@dataclass
+class BuildResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Planner:
+    """Works out each unit's compiler arguments and cache key from what is on disk."""
+
+    def __init__(self, matrix: Matrix, cache_dir: Path, stitched: dict[str, Stitched]) -> None:
+        self.matrix = matrix
+        self.cache_dir = cache_dir
+        self.stitched = stitched
+        self.headers = HeadersCache(cache_dir / "headers", None)
+        self.recipe = recipe_hash(matrix.toolchain)
+        self._described: dict[Kernel, KernelHeaders | None] = {}
+
+    def kernel_headers(self, kernel: Kernel) -> KernelHeaders | None:
+        if kernel not in self._described:
+            self._described[kernel] = None if self.headers.missing(kernel) else self.headers.describe(kernel)
+        return self._described[kernel]
+
+    def btf_header(self, arch: str) -> Path:
+        target = next(c for c in self.matrix.core if c.arch == arch)
+        ident = hashlib.sha256(",".join(f"{p}={target.btf_from.version}" for p in target.btf_from.headers).encode())
+        return self.cache_dir / "btf" / ident.hexdigest()[:16] / arch / "vmlinux.h"
+
+    def job(self, unit: Unit) -> Job | None:
+        """The unit's job, or None while an input it depends on is not on disk yet."""
+        source = self.stitched[unit.program.name].sha256
+        if unit.kernel is None:
+            header = self.btf_header(unit.arch)
+            if not header.is_file():
+                return None
+            args = compile_args(unit, None, self.matrix.toolchain.clang)
+            identity = "btf:" + hashlib.sha256(header.read_bytes()).hexdigest()
+        else:
+            headers = self.kernel_headers(unit.kernel)
+            if headers is None:
+                return None
+            args = compile_args(unit, headers, self.matrix.toolchain.clang)
+            identity = headers.identity
+        return Job(unit, args, cache_key(unit, args, source, identity, self.recipe))
+
+    def refresh(self, kernel: Kernel, headers: KernelHeaders) -> None:
+        self._described[kernel] = headers
+
+
+def _stitch_all(matrix: Matrix) -> dict[str, Stitched]:
+    project = matrix.path.parent
+    include_dirs = [project / "bpf" / "include"]
+    result = {}
+    for program in matrix.programs:
+        try:
+            result[program.name] = stitch(program.name, project / program.source, project, include_dirs)
+        except StitchError as exc:
+            raise UnitsFailed(f"stitching {program.name}: {exc}") from None
+    return result
+
+
+def _generate_btf_header(client: Any, image: ToolchainImage, headers: KernelHeaders, dest: Path) -> None:
+    """vmlinux.h from the BTF in the kernel's headers package (Debian ships a BTF-only vmlinux)."""
+    mounts = {str(root): {"bind": f"{HEADERS_DIR}/{i}", "mode": "ro"} for i, root in enumerate(headers.packages)}
+    vmlinux = f"{HEADERS_DIR}/{headers.flavour}/vmlinux"
+    try:
+        out = client.containers.run(image.tag, ["bpftool", "btf", "dump", "file", vmlinux, "format", "c"],
+                                    volumes=mounts, remove=True, network_disabled=True)
+    except Exception as exc:  # docker.errors.ContainerError carries bpftool's stderr
+        raise HeadersUnavailable(f"no BTF for CO-RE in {headers.kernel.release}'s headers ({vmlinux}): {exc}") from None
+    write_atomic(dest, out)
+
+
+def _index_entry(outcome: Outcome, matrix: Matrix, stitched: Stitched) -> dict[str, Any]:
+    unit, obj = outcome.job.unit, outcome.object
+    assert obj is not None
+    if unit.kernel is not None:
+        k = unit.kernel
+        kernel: dict[str, Any] = {"release": k.release, "version": k.upstream, "arch": k.arch, "distro": "debian",
+                                  "flavour": k.flavour, "package_version": k.version, "suite": k.suite}
+    else:
+        btf_from = next(c.btf_from for c in matrix.core if c.arch == unit.arch)
+        kernel = {"release": None, "arch": unit.arch, "btf_from": btf_from.release}
+    return {
+        "unit": unit.id,
+        "program": unit.program.name,
+        "kind": unit.kind,
+        "kernel": kernel,
+        "variant": unit.variant.as_dict(),
+        "object": f"objects/{obj.meta['sha256']}.o",
+        "sha256": obj.meta["sha256"],
+        "size": obj.meta["size"],
+        "programs": obj.meta["programs"],
+        "maps": obj.meta["maps"],
+        "toolchain": {"clang": obj.meta["clang"], "image": obj.meta["toolchain"]},
+        "source": {"path": f"sources/{unit.program.name}-{stitched.sha256[:16]}.c", "sha256": stitched.sha256},
+        "cflags": outcome.job.args,
+        "compile_ns": obj.meta["compile_ns"],
+    }
+
+
+def _write_build_dir(build_dir: Path, entries: list[dict[str, Any]], outcomes: list[Outcome],
+                     stitched: dict[str, Stitched], failures: list[tuple[str, str]]) -> None:
+    objects = {o.object.meta["sha256"]: o.object.data for o in outcomes if o.object is not None}
+    for sha, data in objects.items():
+        path = build_dir / "objects" / f"{sha}.o"
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            write_atomic(path, data)
+    for s in stitched.values():
+        write_atomic(build_dir / "sources" / f"{s.program}-{s.sha256[:16]}.c", s.text.encode())
+    index = {"schema": 1, "units": sorted(entries, key=lambda e: e["unit"]),
+             "failures": [{"unit": u, "error": e} for u, e in sorted(failures)]}
+    write_atomic(build_dir / "index.json", (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
+    # Only what the index names stays: a stale object must never be bundled.
+    keep_objects = {f"{e['sha256']}.o" for e in entries}
+    keep_sources = {f"{s.program}-{s.sha256[:16]}.c" for s in stitched.values()}
+    for sub, keep in (("objects", keep_objects), ("sources", keep_sources)):
+        for path in (build_dir / sub).glob("*"):
+            if path.name not in keep:
+                path.unlink()
+
+
+def build_all(opts: BuildOptions) -> BuildResult:
+    """Run the whole pipeline; raise UnitsFailed (after writing every good unit) if any failed."""
+    matrix = load_matrix(opts.matrix_path)
+    with step("stitch sources"):
+        stitched = _stitch_all(matrix)
+    units = enumerate_units(matrix)
+    if opts.shard:
+        units = shard(units, *opts.shard)
+    planner = _Planner(matrix, opts.cache_dir, stitched)
+    cache = ObjectCache(opts.cache_dir / "objects")
+    result = BuildResult()
+    lock = threading.Lock()
+
+    with step(f"plan {len(units)} units against the cache"):
+        todo: list[Unit] = []
+        for unit in units:
+            job = planner.job(unit)
+            hit = cache.get(job.key) if job else None
+            if job and hit:
+                result.outcomes.append(Outcome(job, "cached", hit.meta["compile_ns"], object=hit))
+            else:
+                todo.append(unit)
+    console.print(f"  {len(units) - len(todo)} cached, {len(todo)} to build")
+
+    if todo:
+        _build_missing(matrix, opts, planner, cache, todo, result, lock, stitched)
+
+    entries = [_index_entry(o, matrix, stitched[o.job.unit.program.name]) for o in result.outcomes if o.object]
+    result.failures = sorted((o.job.unit.id, o.error) for o in result.outcomes if o.status == "failed")
+    with step(f"write {opts.build_dir}"):
+        _write_build_dir(opts.build_dir, entries, result.outcomes, stitched, result.failures)
+
+    rows: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for o in sorted(result.outcomes, key=lambda o: units.index(o.job.unit)):
+        rows[o.job.unit.target][o.job.unit.variant.id][o.status] += 1
+    variants = list(dict.fromkeys(v.id for p in matrix.programs for v in p.variants))
+    console.print(summary_table(rows, variants))
+    console.print(f"built {result.count('built')}, cached {result.count('cached')}, failed {result.count('failed')}")
+    if result.failures:
+        failure_report(result.failures)
+        raise UnitsFailed(f"{len(result.failures)} of {len(units)} units failed: "
+                          + ", ".join(u for u, _ in result.failures))
+    return result
+
+
+def _build_missing(matrix: Matrix, opts: BuildOptions, planner: _Planner, cache: ObjectCache, todo: list[Unit],
+                   result: BuildResult, lock: threading.Lock, stitched: dict[str, Stitched]) -> None:
+    client = docker_client()
+    with step("toolchain image"):
+        image = ensure_image(client, matrix.toolchain, opts.cache_dir / "state")
+
+    kernels = list(dict.fromkeys(u.kernel for u in todo if u.kernel))
+    core_arches = list(dict.fromkeys(u.arch for u in todo if u.kernel is None))
+    core_kernels = [c.btf_from for c in matrix.core if c.arch in core_arches]
+    need = [k for k in dict.fromkeys(kernels + core_kernels) if planner.headers.missing(k)]
+    if need:
+        with step(f"fetch kernel headers for {len(need)} kernel(s)"):
+            apt = PrivateApt(opts.cache_dir / "apt", [k.suite for k in need], [k.deb_arch for k in need])
+            fetcher = HeadersCache(opts.cache_dir / "headers", apt)
+            for kernel in need:
+                planner.refresh(kernel, fetcher.ensure(kernel))
+                console.print(f"  {kernel.release}: {', '.join(kernel.headers)} {kernel.version}")
+    for arch in core_arches:
+        header = planner.btf_header(arch)
+        if not header.is_file():
+            target = next(c for c in matrix.core if c.arch == arch)
+            with step(f"vmlinux.h for CO-RE {arch} from {target.btf_from.release}"):
+                _generate_btf_header(client, image, planner.kernel_headers(target.btf_from), header)
+
+    batches: dict[str, list[Job]] = defaultdict(list)
+    for unit in todo:
+        job = planner.job(unit)
+        assert job is not None
+        hit = cache.get(job.key)  # the headers just fetched may complete a key already cached
+        if hit:
+            result.outcomes.append(Outcome(job, "cached", hit.meta["compile_ns"], object=hit))
+        else:
+            batches[unit.target].append(job)
+
+    src_dir = Path(tempfile.mkdtemp(prefix="hids-src-"))
+    try:
+        for s in stitched.values():
+            (src_dir / f"{s.program}.c").write_text(s.text)
+        total = len(result.outcomes) + sum(len(b) for b in batches.values())
+        with step(f"compile {sum(len(b) for b in batches.values())} units in {len(batches)} container(s)"), \
+                UnitProgress(total, len(result.outcomes)) as progress:
+
+            def done(outcome: Outcome) -> None:
+                with lock:
+                    result.outcomes.append(outcome)
+                    progress.done(outcome.status)
+
+            def batch(target: str) -> None:
+                jobs = batches[target]
+                unit = jobs[0].unit
+                if unit.kernel is not None:
+                    headers = planner.kernel_headers(unit.kernel)
+                    mounts = {root: f"{HEADERS_DIR}/{i}" for i, root in enumerate(headers.packages)}
+                else:
+                    mounts = {planner.btf_header(unit.arch).parent: f"{BTF_DIR}/{unit.arch}"}
+                run_batch(client, image, jobs, src_dir, mounts, cache, opts.cache_dir / "tmp", done, opts.parallel)
+
+            cores = opts.parallel or os.cpu_count() or 1
+            with ThreadPoolExecutor(max_workers=max(1, min(len(batches), cores))) as pool:
+                for future in [pool.submit(batch, t) for t in batches]:
+                    future.result()
+    finally:
+        shutil.rmtree(src_dir, ignore_errors=True)
+

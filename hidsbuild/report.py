@@ -1,0 +1,82 @@
+"""What the user sees: timed steps, the progress bar and the closing kernels x variants table."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+__all__ = ["console", "step", "UnitProgress", "summary_table", "failure_report"]
+
+console = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    """Log a pipeline step with its duration."""
+    start = time.monotonic()
+    console.print(f"[bold]▶ {name}[/]")
+    try:
+        yield
+    finally:
+        console.print(f"  [dim]{name}: {time.monotonic() - start:.2f}s[/]")
+
+
+class UnitProgress:
+    """A progress bar over units: done/total, cache hits and failures so far."""
+
+    def __init__(self, total: int, cached: int) -> None:
+        self.counts = Counter(cached=cached)
+        self._progress = Progress(
+            TextColumn("[bold]units"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, transient=False,
+        )
+        self._task = self._progress.add_task("units", total=total, completed=cached, detail=self._detail())
+
+    def _detail(self) -> str:
+        return f"cache hits {self.counts['cached']}  built {self.counts['built']}  failed {self.counts['failed']}"
+
+    def __enter__(self) -> "UnitProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def done(self, status: str) -> None:
+        self.counts[status] += 1
+        self._progress.update(self._task, advance=1, detail=self._detail())
+
+
+def summary_table(rows: dict[str, dict[str, Counter]], variants: list[str]) -> Table:
+    """rows: target -> variant id -> Counter of statuses over programs."""
+    table = Table(title="build-all: units per kernel and variant (w=syscall wrapper, d=debug)")
+    table.add_column("kernel")
+    for v in variants:
+        table.add_column(v, justify="center")
+    for target, cells in rows.items():
+        rendered = []
+        for v in variants:
+            c = cells.get(v, Counter())
+            parts = []
+            if c["built"]:
+                parts.append(f"[green]{c['built']} built[/]")
+            if c["cached"]:
+                parts.append(f"[cyan]{c['cached']} cached[/]")
+            if c["failed"]:
+                parts.append(f"[red]{c['failed']} failed[/]")
+            rendered.append(", ".join(parts) or "-")
+        table.add_row(target, *rendered)
+    return table
+
+
+def failure_report(failures: list[tuple[str, str]]) -> None:
+    console.print(f"[bold red]{len(failures)} unit(s) failed:[/]")
+    for unit_id, error in failures:
+        console.print(f"[bold red]✗ {unit_id}[/]")
+        console.print(error, markup=False, highlight=False)

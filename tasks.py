@@ -1,0 +1,120 @@
+"""invoke tasks of hids-bytecode. `invoke --list` describes them; `invoke --help TASK` shows options."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, Exit, task
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from hidsbuild.errors import BuildError  # noqa: E402
+
+DEFAULT_MATRIX = ROOT / "kernels.yaml"
+DEFAULT_BUILD = ROOT / "build"
+DEFAULT_DIST = ROOT / "dist"
+DEFAULT_CACHE = ROOT / ".cache"
+
+
+def _reported(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an expected failure into one line on stderr and its own exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BuildError as exc:
+            raise Exit(f"error: {exc}", code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted: nothing half-written was kept", code=130) from None
+
+    return wrapper
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise Exit(f"error: --shard takes K/N (e.g. 2/4), not {text!r}", code=2) from None
+    if not 1 <= k <= n:
+        raise Exit(f"error: --shard {text}: K must be between 1 and N", code=2)
+    return k, n
+
+
+@task(
+    help={
+        "matrix": "kernels.yaml to build (default: the repository's)",
+        "build_dir": "where objects, stitched sources and index.json go (default: build/)",
+        "dist": "where the wheel goes (default: dist/)",
+        "cache_dir": "headers, object cache and apt state (default: .cache/)",
+        "shard": "build only slice K/N of the matrix (whole kernels), e.g. 1/4; skips the wheel",
+        "jobs": "parallel compiles per container (default: all cores)",
+        "no_bundle": "stop after build/ and skip the wheel",
+    }
+)
+@_reported
+def build_all(c, matrix=str(DEFAULT_MATRIX), build_dir=str(DEFAULT_BUILD), dist=str(DEFAULT_DIST),
+              cache_dir=str(DEFAULT_CACHE), shard=None, jobs=0, no_bundle=False):
+    """Compile every program x kernel x variant in the toolchain container, validate, and bundle the wheel."""
+    from hidsbuild.pipeline import BuildOptions, build_all as run
+
+    run(BuildOptions(Path(matrix), Path(build_dir), Path(cache_dir), _parse_shard(shard), jobs or None))
+    if not (shard or no_bundle):
+        bundle(c, build_dir=build_dir, dist=dist)
+
+
+@task(
+    help={
+        "build_dir": "build output to bundle (default: build/)",
+        "dist": "where the wheel goes (default: dist/)",
+        "merge": "bundle these shard build directories together instead (repeatable)",
+    },
+    iterable=["merge"],
+)
+@_reported
+def bundle(c, build_dir=str(DEFAULT_BUILD), dist=str(DEFAULT_DIST), merge=None):
+    """Package the loader and every built object into one wheel per arch in dist/."""
+    from hidsbuild.bundle import bundle_wheels
+
+    sources = [Path(m) for m in merge] if merge else [Path(build_dir)]
+    bundle_wheels(sources, Path(dist))
+
+
+@task(
+    help={
+        "suite": "Debian suite to crawl (repeatable; default: bullseye..sid incl. security/backports)",
+        "arch": "x86_64 or aarch64 (repeatable; default: both)",
+        "flavour": "kernel flavour: cloud (default), rt, or '' for the generic one",
+        "cache_dir": "apt state lives here (default: .cache/)",
+    },
+    iterable=["suite", "arch"],
+)
+@_reported
+def discover(c, suite=None, arch=None, flavour="cloud", cache_dir=str(DEFAULT_CACHE)):
+    """List the kernel releases Debian's archive serves now, by suite and arch, in kernels.yaml form."""
+    from hidsbuild.apt import PrivateApt
+    from hidsbuild.discover import DEFAULT_SUITES, discover as crawl, render_yaml
+    from hidsbuild.kernels import ARCHES
+
+    arches = arch or list(ARCHES)
+    unknown = [a for a in arches if a not in ARCHES]
+    if unknown:
+        raise Exit(f"error: unknown arch {unknown[0]!r} (expected one of {', '.join(ARCHES)})", code=2)
+    apt = PrivateApt(Path(cache_dir) / "apt-discover", list(suite or DEFAULT_SUITES), [ARCHES[a][0] for a in arches])
+    print(render_yaml(crawl(apt, flavour)), end="")
+
+
+kernels = Collection("kernels")
+kernels.add_task(discover)
+
+ns = Collection()
+ns.add_task(build_all)
+ns.add_task(bundle)
+ns.add_collection(kernels)
