@@ -79,4 +79,4 @@ def failure_report(failures: list[tuple[str, str]]) -> None:
     console.print(f"[bold red]{len(failures)} unit(s) failed:[/]")
     for unit_id, error in failures:
         console.print(f"[bold red]✗ {unit_id}[/]")
-        console.print(error, markup=False, highlight=False)
+        console.print(error, markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,55 @@
+"""Shared fixtures: real docker, real Debian headers, real compiles.
+
+Kernel headers, apt state and the toolchain image are shared by every test (and across runs,
+under .cache/tests) because they are inputs, not what the tests examine; each test that looks
+at compiling gets its own empty object cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TEST_PROJECT = ROOT / "tests" / "data" / "project"
+SHARED_CACHE = ROOT / ".cache" / "tests"
+
+
+def fresh_cache(tmp: Path) -> Path:
+    """A cache dir whose object store is empty but whose headers and apt state are shared."""
+    cache = tmp / "cache"
+    cache.mkdir(parents=True)
+    for sub in ("headers", "apt", "state", "btf"):
+        (SHARED_CACHE / sub).mkdir(parents=True, exist_ok=True)
+        (cache / sub).symlink_to(SHARED_CACHE / sub)
+    return cache
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the two-kernel test project, so a test may edit its sources."""
+    shutil.copytree(TEST_PROJECT, dest)
+    return dest
+
+
+def run_build(matrix: Path, build_dir: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`invoke build-all` as a user runs it, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "build-all", "--matrix", str(matrix),
+         "--build-dir", str(build_dir), "--cache-dir", str(cache), *extra],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """build/ of the two-kernel test project (hello x 2 kernels x 4 variants), built once."""
+    tmp = tmp_path_factory.mktemp("built-project")
+    proc = run_build(TEST_PROJECT / "kernels.yaml", tmp / "build", fresh_cache(tmp), "--no-bundle")
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "build"
