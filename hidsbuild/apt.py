@@ -7,7 +7,6 @@ addresses come from the host's own apt configuration, never from this code.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -104,13 +103,15 @@ class PrivateApt:
         """Download exact package versions into dest; name the first one the archive lacks."""
         self.update()
         dest.mkdir(parents=True, exist_ok=True)
+        specs = []
         for ref in refs:
-            if not self.available(ref):
+            names = [name for name, version, _ in self.madison(ref.name, ref.deb_arch) if version == ref.version]
+            if not names:
                 raise HeadersUnavailable(
                     f"{ref.name}={ref.version} ({ref.deb_arch}) is no longer served by Debian suite {ref.suite}: "
                     f"run `invoke kernels.discover --suite {ref.suite}` and update that kernel's version in kernels.yaml"
                 )
-        specs = [f"{r.name}:{r.deb_arch}={r.version}" for r in refs]
+            specs.append(f"{names[0]}={ref.version}")
         proc = subprocess.run(["apt-get", *self._options(), "download", *specs], cwd=dest, capture_output=True, text=True)
         if proc.returncode != 0:
             raise HeadersUnavailable(f"apt-get download {' '.join(specs)} failed: {proc.stderr.strip()}")
@@ -122,34 +123,24 @@ class PrivateApt:
             paths.append(found[0])
         return paths
 
-    def available(self, ref: PackageRef) -> bool:
-        return any(version == ref.version for version, _ in self.madison(ref.name, ref.deb_arch))
+    def madison(self, name: str, deb_arch: str) -> list[tuple[str, str, str]]:
+        """(apt name, version, suite) of every copy of a package in deb_arch's indices.
 
-    def madison(self, name: str, deb_arch: str) -> list[tuple[str, str]]:
-        """(version, suite) of every copy of a package the indices list."""
+        The apt name carries an arch qualifier for foreign-arch packages (pkg:arm64) and none
+        for native or arch-all ones, which is how `apt-get download` wants them named.
+        """
         self.update()
-        proc = subprocess.run(["apt-cache", *self._options(), "madison", f"{name}:{deb_arch}"],
-                              capture_output=True, text=True)
+        proc = subprocess.run(["apt-cache", *self._options(), "madison", name], capture_output=True, text=True)
         found = []
         for line in proc.stdout.splitlines():
             cols = [c.strip() for c in line.split("|")]
             if len(cols) >= 3:
-                found.append((cols[1], cols[2].split()[1].split("/")[0]))
+                where = cols[2].split()  # <uri> <suite>/<component> <arch> Packages
+                if len(where) >= 3 and where[2] == deb_arch:
+                    found.append((cols[0], cols[1], where[1].split("/")[0]))
         return found
 
     def package_names(self, prefix: str) -> list[str]:
         self.update()
         proc = subprocess.run(["apt-cache", *self._options(), "pkgnames", prefix], capture_output=True, text=True)
         return sorted(proc.stdout.split())
-
-    def show(self, name: str, deb_arch: str) -> list[dict[str, str]]:
-        """Every index record of a package: one dict of fields per (version, suite)."""
-        self.update()
-        proc = subprocess.run(["apt-cache", *self._options(), "show", f"{name}:{deb_arch}"],
-                              capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
-        records = []
-        for block in proc.stdout.split("\n\n"):
-            fields = dict(re.findall(r"^([A-Za-z0-9-]+): (.*)$", block, re.M))
-            if fields:
-                records.append(fields)
-        return records

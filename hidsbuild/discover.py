@@ -35,7 +35,7 @@ def discover(apt: PrivateApt, flavour: str = "cloud") -> list[Served]:
         release, deb_arch = match.group("release"), match.group("flavour").rsplit("-", 1)[-1]
         if match.group("flavour") != "-".join(filter(None, (flavour, deb_arch))) or deb_arch not in apt.deb_arches:
             continue
-        for version, suite in apt.madison(name, deb_arch):
+        for _, version, suite in apt.madison(name, deb_arch):
             if suite in apt.suites:
                 found.add(Served(suite, _DEB_TO_UNAME[deb_arch], release, version))
     return sorted(found)
