@@ -111,10 +111,32 @@ def discover(c, suite=None, arch=None, flavour="cloud", cache_dir=str(DEFAULT_CA
     print(render_yaml(crawl(apt, flavour)), end="")
 
 
+@task(
+    help={
+        "matrix": "kernels.yaml to measure (default: the repository's)",
+        "cache_dir": "where headers and the toolchain state are shared from (default: .cache/)",
+        "dist": "bench.json goes here (default: dist/)",
+        "runs": "runs per figure; medians are reported (default: 3)",
+        "calls": "in-process select() calls (default: 1000)",
+        "scaling": "kernel counts for the scaling figure, comma-separated (default: 1,2,4,8)",
+        "only": "comma-separated sections to run: build, wheel, loader (default: all)",
+    }
+)
+@_reported
+def bench(c, matrix=str(DEFAULT_MATRIX), cache_dir=str(DEFAULT_CACHE), dist=str(DEFAULT_DIST), runs=3, calls=1000,
+          scaling="1,2,4,8", only="build,wheel,loader"):
+    """Measure build throughput, caching, wheel size and loader latency; print figures and write dist/bench.json."""
+    from hidsbuild.bench import run_bench
+
+    run_bench(Path(matrix), Path(cache_dir), Path(dist), int(runs), int(calls),
+              [int(n) for n in scaling.split(",") if n], set(only.split(",")))
+
+
 kernels = Collection("kernels")
 kernels.add_task(discover)
 
 ns = Collection()
 ns.add_task(build_all)
 ns.add_task(bundle)
+ns.add_task(bench)
 ns.add_collection(kernels)
