@@ -20,7 +20,7 @@ _MS_EXTENSIONS_FROM = parse_version("6.19")
 _COMMON_FLAGS = (
     "-O2", "-g",
     "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-jump-tables",
-    "-fdebug-prefix-map=/src=.", "-fno-ident",
+    "-fdebug-prefix-map=/src=.", "-fdebug-compilation-dir=.", "-fno-ident",
     "-Wall", "-Wno-unused-value", "-Wno-pointer-sign", "-Wno-compare-distinct-pointer-types",
     "-Wno-gnu-variable-sized-type-not-at-end", "-Wno-address-of-packed-member", "-Wno-tautological-compare",
     "-Wno-unknown-warning-option", "-Wno-unused-function", "-Wno-frame-address",
@@ -90,6 +90,9 @@ def compile_args(unit: Unit, headers: KernelHeaders | None, clang_major: int) ->
         "-include", f"{common}/include/linux/kconfig.h",
         "-D__KERNEL__", "-D__BPF_TRACING__", f"-D__TARGET_ARCH_{arch}", '-DKBUILD_MODNAME="hids"',
     ]
+    # Paths in .BTF line info then read /usr/src/linux-headers-*, as on a host with the
+    # packages installed, so a runtime compile there gives the same bytes.
+    args += [f"-fdebug-prefix-map={HEADERS_DIR}/{i}=" for i in range(len(headers.packages))]
     if parse_version(kernel.upstream) >= _MS_EXTENSIONS_FROM:
         args.append("-fms-extensions")
     return [*args, *_variant_defines(unit.variant), *_COMMON_FLAGS, *kernel.cflags, source]
