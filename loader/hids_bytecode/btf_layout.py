@@ -1,0 +1,193 @@
+"""Event layouts derived from the object's own BTF, read through libbpf (btf__parse_elf /
+bpf_object__btf, btf__type_by_id, btf__name_by_offset): no struct layout is ever hand-copied.
+
+Conventions (docs/DESIGN.md): `enum hids_event_type` value HIDS_EV_<NAME> has payload
+`struct hids_ev_<name>`, whose first member is `struct hids_hdr hdr` starting with `type`. char
+arrays become strings; members named `*addr` next to a `*family` member become IP strings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import libbpf as lb
+from .errors import LoadError
+
+__all__ = ["EventLayout", "Schema", "schema_from_object_file", "schema_from_btf"]
+
+_INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
+_MODIFIERS = {9, 10, 11, 18}  # volatile, const, restrict, type_tag: no layout of their own
+_ENUM64 = 19
+_ORDER = sys.byteorder
+
+Decoder = Callable[[bytes], Any]
+
+
+@dataclass(frozen=True)
+class EventLayout:
+    name: str  # "exec" for struct hids_ev_exec
+    type_value: int
+    size: int
+    decode: Decoder
+
+
+class _Btf:
+    def __init__(self, lib: lb.Libbpf, btf: int) -> None:
+        self.lib, self.btf = lib, btf
+
+    def type(self, type_id: int) -> tuple[int, int, int, int, str, ctypes.c_void_p]:
+        ptr = self.lib.btf__type_by_id(self.btf, type_id)
+        t = ptr.contents
+        name = (self.lib.btf__name_by_offset(self.btf, t.name_off) or b"").decode()
+        kind, vlen, kflag = (t.info >> 24) & 0x1F, t.info & 0xFFFF, t.info >> 31
+        tail = ctypes.cast(ctypes.addressof(t) + ctypes.sizeof(lb.BTF_TYPE), ctypes.c_void_p)
+        return kind, vlen, kflag, t.size_or_type, name, tail
+
+    def name(self, offset: int) -> str:
+        return (self.lib.btf__name_by_offset(self.btf, offset) or b"").decode()
+
+    def strip(self, type_id: int) -> int:
+        """Follow typedefs and modifiers to the type that has a layout."""
+        while True:
+            kind, _, _, ref, _, _ = self.type(type_id)
+            if kind != _TYPEDEF and kind not in _MODIFIERS:
+                return type_id
+            type_id = ref
+
+    def size(self, type_id: int) -> int:
+        return int(self.lib.btf__resolve_size(self.btf, type_id))
+
+    def find(self, kind: int, name: str) -> int | None:
+        for type_id in range(1, self.lib.btf__type_cnt(self.btf)):
+            k, _, _, _, n, _ = self.type(type_id)
+            if k == kind and n == name:
+                return type_id
+        return None
+
+    def enum_values(self, type_id: int) -> dict[int, str]:
+        kind, vlen, _, _, _, tail = self.type(type_id)
+        if kind == _ENUM64:
+            raw = (ctypes.c_uint32 * (3 * vlen)).from_address(tail.value)
+            return {raw[3 * i + 1] | (raw[3 * i + 2] << 32): self.name(raw[3 * i]) for i in range(vlen)}
+        values = (lb.BTF_ENUM * vlen).from_address(tail.value)
+        return {v.val: self.name(v.name_off) for v in values}
+
+    def decoder(self, type_id: int) -> Decoder:
+        type_id = self.strip(type_id)
+        kind, vlen, kflag, size_or_type, name, tail = self.type(type_id)
+        if kind == _INT:
+            encoding = (ctypes.c_uint32.from_address(tail.value).value >> 24) & 0xF
+            signed = bool(encoding & 1)
+            if encoding & 4:
+                return lambda b: bool(int.from_bytes(b[:size_or_type], _ORDER))
+            return lambda b: int.from_bytes(b[:size_or_type], _ORDER, signed=signed)
+        if kind in (_ENUM, _ENUM64):
+            names = self.enum_values(type_id)
+            return lambda b: names.get(int.from_bytes(b[:size_or_type], _ORDER), int.from_bytes(b[:size_or_type], _ORDER))
+        if kind == _PTR:
+            return lambda b: int.from_bytes(b[:8], _ORDER)
+        if kind == _ARRAY:
+            arr = lb.BTF_ARRAY.from_address(tail.value)
+            elem = self.strip(arr.type)
+            ekind, _, _, _, ename, _ = self.type(elem)
+            esize = self.size(elem)
+            if ekind == _INT and esize == 1 and ename == "char":
+                return lambda b: b[:arr.nelems].split(b"\0", 1)[0].decode(errors="replace")
+            if ekind == _INT and esize == 1:
+                return lambda b: b[:arr.nelems].hex()
+            inner = self.decoder(elem)
+            count = arr.nelems
+            return lambda b: [inner(b[i * esize:(i + 1) * esize]) for i in range(count)]
+        if kind in (_STRUCT, _UNION):
+            return self._struct_decoder(vlen, kflag, tail)
+        return lambda b: b.hex()
+
+    def _struct_decoder(self, vlen: int, kflag: int, tail: ctypes.c_void_p) -> Decoder:
+        fields: list[tuple[str, int, int, int, Decoder]] = []  # name, bit offset, bit size, byte size, decoder
+        for m in (lb.BTF_MEMBER * vlen).from_address(tail.value):
+            bit_size, bit_off = (m.offset >> 24, m.offset & 0xFFFFFF) if kflag else (0, m.offset)
+            fields.append((self.name(m.name_off), bit_off, bit_size, self.size(m.type), self.decoder(m.type)))
+        families = [n for n, *_ in fields if n.endswith("family")]
+        addresses = [n for n, *_ in fields if n.endswith("addr")] if families else []
+
+        def decode(b: bytes) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            raw: dict[str, bytes] = {}
+            for name, bit_off, bit_size, size, dec in fields:
+                if bit_size:
+                    word = int.from_bytes(b[bit_off // 8:bit_off // 8 + size], _ORDER)
+                    out[name] = (word >> (bit_off % 8)) & ((1 << bit_size) - 1)
+                    continue
+                chunk = b[bit_off // 8:bit_off // 8 + size]
+                raw[name] = chunk
+                out[name] = dec(chunk)
+            if families:
+                family = out.get(families[0])
+                for name in addresses:
+                    out[name] = _ip(family, raw.get(name, b""), out[name])
+            return out
+
+        return decode
+
+
+def _ip(family: Any, chunk: bytes, fallback: Any) -> Any:
+    if family == socket.AF_INET and len(chunk) >= 4:
+        return str(ipaddress.IPv4Address(chunk[:4]))
+    if family == socket.AF_INET6 and len(chunk) >= 16:
+        return str(ipaddress.IPv6Address(chunk[:16]))
+    return fallback
+
+
+class Schema:
+    """Decoders of every event type an object declares, plus the counters' per-type names."""
+
+    def __init__(self, events: dict[int, EventLayout], type_names: dict[int, str], counter: Decoder | None) -> None:
+        self.events = events
+        self.type_names = type_names
+        self.counter = counter
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        type_value = int.from_bytes(data[:4], _ORDER)
+        layout = self.events.get(type_value)
+        if layout is None:
+            return {"event": "unknown", "type": type_value, "size": len(data)}
+        padded = data.ljust(layout.size, b"\0")
+        return {"event": layout.name, **layout.decode(padded)}
+
+
+def schema_from_btf(lib: lb.Libbpf, btf: int) -> Schema:
+    view = _Btf(lib, btf)
+    enum_id = view.find(_ENUM, "hids_event_type") or view.find(_ENUM64, "hids_event_type")
+    if enum_id is None:
+        raise LoadError("object BTF has no enum hids_event_type (see hids_schema_anchor in docs/DESIGN.md)")
+    type_names: dict[int, str] = {}
+    events: dict[int, EventLayout] = {}
+    for value, enum_name in view.enum_values(enum_id).items():
+        if not enum_name.startswith("HIDS_EV_"):
+            continue
+        short = enum_name[len("HIDS_EV_"):].lower()
+        type_names[value] = short
+        struct_id = view.find(_STRUCT, f"hids_ev_{short}")
+        if struct_id is not None:
+            events[value] = EventLayout(short, value, view.size(struct_id), view.decoder(struct_id))
+    counter_id = view.find(_STRUCT, "hids_counter")
+    return Schema(events, type_names, view.decoder(counter_id) if counter_id else None)
+
+
+def schema_from_object_file(lib: lb.Libbpf, path: Path) -> Schema:
+    """Parse the BTF of an object on disk (its hash should have been checked already)."""
+    btf = lib.btf__parse_elf(str(path).encode(), None)
+    if not btf:
+        err, text = lb.errno_text()
+        raise LoadError(f"cannot read BTF of {path}: {text}")
+    try:
+        return schema_from_btf(lib, btf)
+    finally:
+        lib.btf__free(btf)

@@ -1,0 +1,95 @@
+"""One exception class per expected failure, each with its own process exit code.
+
+The CLI prints `hids-bytecode: <message>` and exits with `exit_code`; no traceback is ever shown
+for these. Codes are stable so agents and scripts can branch on them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HidsError", "ManifestError", "UnknownArch", "UnknownRelease", "KallsymsUnavailable",
+    "KallsymsUndecided", "BtfUnavailable", "NoMatch", "IntegrityError", "LibbpfMissing",
+    "LoadError", "AttachError", "RuntimeCompileError", "MountError", "NotLoaded", "BpftoolError",
+    "NotPermitted", "EXIT_CODES",
+]
+
+
+class HidsError(Exception):
+    """Base of every expected failure; `str(exc)` is the one-line reason."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, steps: tuple = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.steps = tuple(steps)  # selection steps, when the failure is a refusal to choose
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ManifestError(HidsError):
+    exit_code = 10
+
+
+class UnknownArch(HidsError):
+    exit_code = 11
+
+
+class UnknownRelease(HidsError):
+    exit_code = 12
+
+
+class KallsymsUnavailable(HidsError):
+    exit_code = 13
+
+
+class KallsymsUndecided(HidsError):
+    exit_code = 14
+
+
+class BtfUnavailable(HidsError):
+    exit_code = 15
+
+
+class NoMatch(HidsError):
+    exit_code = 16
+
+
+class IntegrityError(HidsError):
+    exit_code = 17
+
+
+class LibbpfMissing(HidsError):
+    exit_code = 18
+
+
+class LoadError(HidsError):
+    exit_code = 19
+
+
+class AttachError(HidsError):
+    exit_code = 20
+
+
+class RuntimeCompileError(HidsError):
+    exit_code = 21
+
+
+class MountError(HidsError):
+    exit_code = 22
+
+
+class NotLoaded(HidsError):
+    exit_code = 23
+
+
+class BpftoolError(HidsError):
+    exit_code = 24
+
+
+class NotPermitted(HidsError):
+    exit_code = 25
+
+
+EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in HidsError.__subclasses__()}

@@ -1,0 +1,56 @@
+"""The syscall wrapper, told by the first decisive syscall symbol in /proc/kallsyms.
+
+Since 4.17 (x86) and 4.19 (arm64) syscalls are entered through per-arch wrappers such as
+`__x64_sys_openat`; older kernels expose `sys_open` / `SyS_open`. The file has 100k+ lines, so it is
+streamed and reading stops at the first decisive name. kptr_restrict zeroes the addresses, but the
+names still tell.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import KallsymsUndecided, KallsymsUnavailable
+
+__all__ = ["WrapperFact", "detect_syscall_wrapper", "KALLSYMS"]
+
+KALLSYMS = Path("/proc/kallsyms")
+_SYSCALLS = r"(?:openat|open|execve)"
+_WRAPPED = re.compile(rf"^(__(?:x64|ia32|arm64|riscv|s390x|powerpc|arm)_sys_){_SYSCALLS}$")
+_PLAIN = re.compile(rf"^(sys_|SyS_){_SYSCALLS}$")
+
+
+@dataclass(frozen=True)
+class WrapperFact:
+    wrapper: bool
+    prefix: str  # "__x64_sys_", "sys_", ...
+    symbol: str  # the decisive symbol
+    line: int  # its line number, so --explain shows how far the scan went
+    addresses_hidden: bool
+
+
+def detect_syscall_wrapper(path: Path = KALLSYMS) -> WrapperFact:
+    """Scan kallsyms until a wrapped or plain open/execve syscall symbol decides."""
+    hidden = True
+    try:
+        with path.open("r", errors="replace") as lines:
+            for number, line in enumerate(lines, start=1):
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                hidden = hidden and set(fields[0]) <= {"0"}
+                name = fields[2]
+                match = _WRAPPED.match(name)
+                if match:
+                    return WrapperFact(True, match.group(1), name, number, hidden)
+                match = _PLAIN.match(name)
+                if match:
+                    return WrapperFact(False, match.group(1), name, number, hidden)
+    except OSError as exc:
+        raise KallsymsUnavailable(f"cannot read {path}: {exc.strerror or exc} (run as root)") from None
+    raise KallsymsUndecided(
+        f"{path} names no open/openat/execve syscall symbol; cannot tell the syscall wrapper"
+        " (empty when not root or a restricted /proc)"
+    )

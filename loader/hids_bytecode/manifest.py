@@ -1,0 +1,117 @@
+"""The wheel's manifest (docs/DESIGN.md, "Wheel") and where the data directory lives.
+
+Installed from the wheel, data sits in the package as `hids_bytecode/data`; the environment
+variable HIDS_BYTECODE_DATA may point elsewhere (tests, unpacked bundles).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError
+
+__all__ = ["Entry", "Manifest", "data_dir", "load_manifest", "DATA_ENV"]
+
+DATA_ENV = "HIDS_BYTECODE_DATA"
+_ENTRY_KEYS = ("unit", "program", "kind", "kernel", "variant", "object", "sha256", "programs", "maps")
+
+
+@dataclass(frozen=True)
+class Entry:
+    raw: dict[str, Any]
+    data: Path
+
+    @property
+    def unit(self) -> str:
+        return self.raw["unit"]
+
+    @property
+    def program(self) -> str:
+        return self.raw["program"]
+
+    @property
+    def kind(self) -> str:
+        return self.raw["kind"]
+
+    @property
+    def arch(self) -> str:
+        return self.raw["kernel"]["arch"]
+
+    @property
+    def release(self) -> str | None:
+        return self.raw["kernel"].get("release")
+
+    @property
+    def wrapper(self) -> bool:
+        return bool(self.raw["variant"]["syscall_wrapper"])
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.raw["variant"]["debug"])
+
+    @property
+    def sha256(self) -> str:
+        return self.raw["sha256"]
+
+    @property
+    def object_path(self) -> Path:
+        return self.data / self.raw["object"]
+
+    @property
+    def source_path(self) -> Path | None:
+        source = self.raw.get("source")
+        return self.data / source["path"] if source else None
+
+    @property
+    def cflags(self) -> list[str]:
+        return list(self.raw.get("cflags", []))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    version: str
+    source_hash: str
+    entries: tuple[Entry, ...]
+
+    @property
+    def programs(self) -> list[str]:
+        return sorted({e.program for e in self.entries})
+
+
+def data_dir() -> Path:
+    """HIDS_BYTECODE_DATA if set, else the package's own data directory."""
+    override = os.environ.get(DATA_ENV)
+    if override:
+        return Path(override)
+    return Path(str(resources.files("hids_bytecode") / "data"))
+
+
+def load_manifest(data: Path | None = None) -> Manifest:
+    """Parse and check manifest.json; any defect is one ManifestError naming the file."""
+    root = data or data_dir()
+    path = root / "manifest.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"no manifest at {path} (set {DATA_ENV} or reinstall hids-bytecode)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != 1 or not isinstance(doc.get("objects"), list):
+        raise ManifestError(f"{path}: expected an object with schema 1 and an objects list")
+    entries = []
+    for index, raw in enumerate(doc["objects"]):
+        missing = [k for k in _ENTRY_KEYS if not isinstance(raw, dict) or k not in raw]
+        if missing:
+            raise ManifestError(f"{path}: objects[{index}] lacks {', '.join(missing)}")
+        if not isinstance(raw["kernel"], dict) or "arch" not in raw["kernel"] or raw["kind"] not in ("exact", "core"):
+            raise ManifestError(f"{path}: objects[{index}] ({raw['unit']}) has a malformed kernel or kind")
+        entries.append(Entry(raw, root))
+    return Manifest(path, str(doc.get("version", "unknown")), str(doc.get("source_hash", "unknown")), tuple(entries))

@@ -1,0 +1,136 @@
+"""Which object a host gets: exact build, then CO-RE, then (opt-in) runtime compilation.
+
+Every candidate considered is recorded as a Step with the reason it was taken or skipped, so
+`select --explain` can show the whole decision and a refusal can list what was tried.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .errors import BtfUnavailable, NoMatch
+from .hostinfo import HostFacts
+from .manifest import Entry, Manifest
+from .runtime_compile import RuntimePlan, plan_runtime_compile
+
+__all__ = ["Step", "Choice", "select", "runtime_compile_enabled", "RUNTIME_ENV"]
+
+RUNTIME_ENV = "HIDS_RUNTIME_COMPILE"
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: str  # "exact" | "core" | "runtime"
+    candidate: str  # unit id, or a description for the runtime stage
+    taken: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"stage": self.stage, "candidate": self.candidate, "taken": self.taken, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Choice:
+    program: str
+    stage: str
+    entry: Entry  # the chosen entry; for "runtime", the entry whose source and flags are compiled
+    steps: tuple[Step, ...] = field(default=())
+    runtime: RuntimePlan | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"program": self.program, "stage": self.stage, "unit": self.entry.unit,
+                "object": None if self.runtime else str(self.entry.object_path),
+                "steps": [s.as_dict() for s in self.steps]}
+
+
+def runtime_compile_enabled(flag: bool) -> bool:
+    return flag or os.environ.get(RUNTIME_ENV, "") == "1"
+
+
+def _exact_step(e: Entry, facts: HostFacts, debug: bool) -> Step:
+    mismatches = []
+    if e.arch != facts.arch:
+        mismatches.append(f"arch {e.arch} != host {facts.arch}")
+    if e.release != facts.release:
+        mismatches.append(f"release {e.release} != host {facts.release}")
+    if e.wrapper != facts.wrapper.wrapper:
+        mismatches.append(f"syscall_wrapper {e.wrapper} != host {facts.wrapper.wrapper}")
+    if e.debug != debug:
+        mismatches.append(f"debug {e.debug} != wanted {debug}")
+    if mismatches:
+        return Step("exact", e.unit, False, "; ".join(mismatches))
+    return Step("exact", e.unit, True, "release, arch, syscall wrapper and debug flag all match")
+
+
+def _core_step(e: Entry, facts: HostFacts, debug: bool) -> Step:
+    mismatches = []
+    if e.arch != facts.arch:
+        mismatches.append(f"arch {e.arch} != host {facts.arch}")
+    if e.debug != debug:
+        mismatches.append(f"debug {e.debug} != wanted {debug}")
+    if e.wrapper != facts.wrapper.wrapper:
+        mismatches.append(f"syscall_wrapper {e.wrapper} != host {facts.wrapper.wrapper}")
+    if not facts.btf:
+        mismatches.append("host has no BTF (/sys/kernel/btf/vmlinux), CO-RE cannot relocate")
+    if mismatches:
+        return Step("core", e.unit, False, "; ".join(mismatches))
+    return Step("core", e.unit, True, "CO-RE object of the host arch; host has BTF")
+
+
+def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = False,
+           strict: bool = False, runtime_compile: bool = False) -> Choice:
+    """Pick the object for `program` on this host, or raise with every reason."""
+    entries = [e for e in manifest.entries if e.program == program]
+    if not entries:
+        raise NoMatch(f"program {program!r} is not in the manifest (has: {', '.join(manifest.programs) or 'none'})")
+    steps: list[Step] = []
+    for e in (e for e in entries if e.kind == "exact"):
+        step = _exact_step(e, facts, debug)
+        steps.append(step)
+        if step.taken:
+            return Choice(program, "exact", e, tuple(steps))
+    if not any(e.kind == "exact" for e in entries):
+        steps.append(Step("exact", "-", False, "manifest has no exact builds of this program"))
+    if strict:
+        steps.append(Step("core", "-", False, "--strict allows exact matches only"))
+        steps.append(Step("runtime", "-", False, "--strict allows exact matches only"))
+        raise NoMatch(_refusal(program, facts, steps), steps)
+    for e in (e for e in entries if e.kind == "core"):
+        step = _core_step(e, facts, debug)
+        steps.append(step)
+        if step.taken:
+            return Choice(program, "core", e, tuple(steps))
+    if not any(e.kind == "core" for e in entries):
+        steps.append(Step("core", "-", False, "manifest has no CO-RE builds of this program"))
+    if not runtime_compile_enabled(runtime_compile):
+        steps.append(Step("runtime", "-", False, f"runtime compilation is off (--runtime-compile or {RUNTIME_ENV}=1)"))
+    else:
+        template = _runtime_template(entries, facts, debug)
+        if template is None:
+            steps.append(Step("runtime", "-", False, f"no build of this program for {facts.arch} ships its source and flags"))
+        else:
+            plan = plan_runtime_compile(template, facts, debug)
+            steps.append(Step("runtime", template.unit, plan.ready, plan.reason))
+            if plan.ready:
+                return Choice(program, "runtime", template, tuple(steps), plan)
+    error = BtfUnavailable if not facts.btf and not any(s.taken for s in steps) and any(
+        e.kind == "core" and e.arch == facts.arch for e in entries) else NoMatch
+    raise error(_refusal(program, facts, steps), steps)
+
+
+def _runtime_template(entries: list[Entry], facts: HostFacts, debug: bool) -> Entry | None:
+    """An exact entry of the host arch and wanted variant: its flags are the pipeline's flags."""
+    usable = [e for e in entries if e.kind == "exact" and e.arch == facts.arch and e.source_path and e.cflags]
+    usable.sort(key=lambda e: (e.wrapper != facts.wrapper.wrapper, e.debug != debug))
+    return usable[0] if usable else None
+
+
+def _refusal(program: str, facts: HostFacts, steps: list[Step]) -> str:
+    exact = [s for s in steps if s.stage == "exact" and s.candidate != "-"]
+    parts = [f"exact: none of {len(exact)} builds matches"] if exact else []
+    parts += [f"{s.stage} {s.candidate}: {s.reason}" if s.candidate != "-" else f"{s.stage}: {s.reason}"
+              for s in steps if s.stage != "exact" or s.candidate == "-"]
+    tried = "; ".join(parts)
+    return (f"no object of {program!r} for {facts.release} ({facts.arch}, syscall_wrapper={facts.wrapper.wrapper}); "
+            f"tried: {tried}")
