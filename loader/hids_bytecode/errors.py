@@ -10,7 +10,7 @@ __all__ = [
     "HidsError", "ManifestError", "UnknownArch", "UnknownRelease", "KallsymsUnavailable",
     "KallsymsUndecided", "BtfUnavailable", "NoMatch", "IntegrityError", "LibbpfMissing",
     "LoadError", "AttachError", "RuntimeCompileError", "MountError", "NotLoaded", "BpftoolError",
-    "NotPermitted", "EXIT_CODES",
+    "NotPermitted", "AlreadyLoaded", "EXIT_CODES",
 ]
 
 
@@ -90,6 +90,10 @@ class BpftoolError(HidsError):
 
 class NotPermitted(HidsError):
     exit_code = 25
+
+
+class AlreadyLoaded(HidsError):
+    exit_code = 26
 
 
 EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in HidsError.__subclasses__()}

@@ -1,0 +1,181 @@
+"""Load an object through libbpf, write the agent's tgid into `config`, attach by group policy and
+pin. Groups are `<group>__<hook>` programs; per docs/DESIGN.md the kprobe family is tried first,
+then the tracepoint family, and a family is used only when all its programs attach."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import libbpf as lb
+from .errors import AlreadyLoaded, AttachError, LoadError
+from .pins import pin_dir, unpin
+
+__all__ = ["ProgramReport", "LoadedObject", "open_and_load", "attach_all", "write_agent_tgid", "pin_all",
+           "family_of", "FAMILY_ORDER"]
+
+FAMILY_ORDER = ("kprobe", "tracepoint", "other")
+_FAMILIES = {
+    "kprobe": "kprobe", "kretprobe": "kprobe", "ksyscall": "kprobe", "kretsyscall": "kprobe",
+    "tracepoint": "tracepoint", "tp": "tracepoint", "raw_tracepoint": "tracepoint", "raw_tp": "tracepoint",
+    "tp_btf": "tracepoint",
+}
+# Errors meaning the hook does not exist on this kernel, as opposed to a failure worth investigating.
+_UNSUPPORTED = {errno.ENOENT, errno.EOPNOTSUPP, errno.ENODEV, errno.ENXIO, 524}
+
+
+def family_of(section: str) -> str:
+    return _FAMILIES.get(section.split("/", 1)[0], "other")
+
+
+@dataclass
+class ProgramReport:
+    name: str
+    section: str
+    group: str
+    family: str
+    status: str = "pending"  # attached | not supported by this kernel | failed | skipped
+    message: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"program": self.name, "section": self.section, "group": self.group, "family": self.family,
+                "status": self.status, "message": self.message}
+
+
+@dataclass
+class LoadedObject:
+    lib: lb.Libbpf
+    obj: int
+    programs: dict[str, int] = field(default_factory=dict)  # name -> struct bpf_program *
+    maps: dict[str, int] = field(default_factory=dict)  # name -> struct bpf_map *
+    links: dict[str, int] = field(default_factory=dict)  # program name -> struct bpf_link *
+    reports: list[ProgramReport] = field(default_factory=list)
+
+    def map_fd(self, name: str) -> int:
+        return self.lib.bpf_map__fd(self.maps[name])
+
+    def close(self) -> None:
+        for link in self.links.values():
+            self.lib.bpf_link__destroy(link)
+        self.links.clear()
+        if self.obj:
+            self.lib.bpf_object__close(self.obj)
+            self.obj = 0
+
+
+def _last_libbpf_line(collected: list[tuple[str, str]]) -> str:
+    lines = [t.strip() for _, t in collected for t in t.splitlines() if t.strip()]
+    interesting = [l for l in lines if "verifier" not in l and not l.startswith("--")]
+    return (interesting or lines or ["no message from libbpf"])[-1]
+
+
+def open_and_load(lib: lb.Libbpf, data: bytes, label: str) -> LoadedObject:
+    """Open the (already hash-checked) bytes from memory and load them into the kernel."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    with lb.capture() as collected:
+        obj = lib.bpf_object__open_mem(buf, len(data), None)
+    if not obj:
+        raise LoadError(f"{label}: libbpf cannot open the object: {_last_libbpf_line(collected)}")
+    loaded = LoadedObject(lib, obj)
+    prog = lib.bpf_object__next_program(obj, None)
+    while prog:
+        loaded.programs[lib.bpf_program__name(prog).decode()] = prog
+        prog = lib.bpf_object__next_program(obj, prog)
+    bmap = lib.bpf_object__next_map(obj, None)
+    while bmap:
+        loaded.maps[lib.bpf_map__name(bmap).decode()] = bmap
+        bmap = lib.bpf_object__next_map(obj, bmap)
+    with lb.capture() as collected:
+        rc = lib.bpf_object__load(obj)
+    if rc != 0:
+        loaded.close()
+        raise LoadError(f"{label}: load failed ({lib.strerror(rc)}): {_last_libbpf_line(collected)}")
+    return loaded
+
+
+def write_agent_tgid(loaded: LoadedObject, tgid: int | None = None) -> None:
+    """Put the agent's tgid first in `config`[0] so the kernel side drops the agent's own events."""
+    if "config" not in loaded.maps:
+        return
+    size = loaded.lib.bpf_map__value_size(loaded.maps["config"])
+    value = ctypes.create_string_buffer(size)
+    ctypes.c_uint32.from_buffer(value).value = os.getpid() if tgid is None else tgid
+    key = ctypes.c_uint32(0)
+    rc = loaded.lib.bpf_map_update_elem(loaded.map_fd("config"), ctypes.byref(key), value, 0)
+    if rc != 0:
+        raise LoadError(f"cannot write the agent tgid into config: {loaded.lib.strerror(rc)}")
+
+
+def _attach_one(loaded: LoadedObject, report: ProgramReport) -> bool:
+    lib = loaded.lib
+    with lb.capture() as collected:
+        link = lib.bpf_program__attach(loaded.programs[report.name])
+    if link:
+        loaded.links[report.name] = link
+        report.status, report.message = "attached", ""
+        return True
+    err, text = lb.errno_text()
+    detail = _last_libbpf_line(collected) if collected else text
+    report.status = "not supported by this kernel" if err in _UNSUPPORTED else "failed"
+    report.message = detail
+    return False
+
+
+def attach_all(loaded: LoadedObject) -> list[ProgramReport]:
+    """Attach every group by family policy; raise only when nothing at all attached."""
+    lib = loaded.lib
+    groups: dict[str, list[ProgramReport]] = {}
+    for name, prog in loaded.programs.items():
+        section = lib.bpf_program__section_name(prog).decode()
+        group = name.split("__", 1)[0]
+        groups.setdefault(group, []).append(ProgramReport(name, section, group, family_of(section)))
+    for group, reports in groups.items():
+        families = [f for f in FAMILY_ORDER if any(r.family == f for r in reports)]
+        if len(families) == 1:
+            for r in reports:
+                _attach_one(loaded, r)
+            continue
+        chosen = None
+        for family in families:
+            members = [r for r in reports if r.family == family]
+            if all([_attach_one(loaded, r) for r in members]):
+                chosen = family
+                break
+            for r in members:  # a family is all or nothing
+                link = loaded.links.pop(r.name, None)
+                if link:
+                    lib.bpf_link__destroy(link)
+                    r.status, r.message = "skipped", "detached: another program of its family failed"
+        for r in reports:
+            if r.status == "pending":
+                r.status = "skipped"
+                r.message = f"group {group} uses the {chosen} family" if chosen else "an earlier family failed"
+    loaded.reports = [r for rs in groups.values() for r in rs]
+    if loaded.programs and not loaded.links:
+        first = next((r for r in loaded.reports if r.message), None)
+        raise AttachError("no program attached" + (f"; {first.name}: {first.message}" if first else ""))
+    return loaded.reports
+
+
+def pin_all(loaded: LoadedObject, program: str) -> Path:
+    """Pin maps, programs and links under /sys/fs/bpf/hids/<program>/."""
+    root = pin_dir(program)
+    if root.exists():
+        raise AlreadyLoaded(f"{program} is already loaded (pins under {root}); run `hids-bytecode unload {program}` first")
+    lib = loaded.lib
+    for sub in ("maps", "progs", "links"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    # bpffs refuses dots in names; those are libbpf's internal .bss/.data/.rodata maps, not ours.
+    steps = [(lib.bpf_map__pin, bmap, root / "maps" / name) for name, bmap in loaded.maps.items() if "." not in name]
+    steps += [(lib.bpf_program__pin, prog, root / "progs" / name) for name, prog in loaded.programs.items()]
+    steps += [(lib.bpf_link__pin, link, root / "links" / name) for name, link in loaded.links.items()]
+    for fn, ptr, path in steps:
+        with lb.capture() as collected:
+            rc = fn(ptr, str(path).encode())
+        if rc != 0:
+            unpin(program)  # nothing half-pinned stays behind
+            raise LoadError(f"cannot pin {path}: {lib.strerror(rc)} {_last_libbpf_line(collected)}")
+    return root

@@ -1,0 +1,200 @@
+"""`hids-bytecode` (also `python -m hids_bytecode`): select, load, unload, watch, list, verify.
+
+Expected failures print one line, `hids-bytecode: <reason>`, and exit with the error's own code
+(errors.py); `--json` output is for agents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from . import api
+from .errors import EXIT_CODES, HidsError, IntegrityError
+from .hostinfo import gather
+from .integrity import verify_manifest
+from .manifest import DATA_ENV, load_manifest
+from .selection import RUNTIME_ENV
+
+__all__ = ["main", "build_parser"]
+
+_DESCRIPTION = """Prebuilt eBPF bytecode for host intrusion detection: pick the object built for this
+kernel, check its hash, load and attach it through libbpf, and stream its events."""
+_EPILOG = "exit codes: " + ", ".join(f"{code} {name}" for name, code in sorted(EXIT_CODES.items(), key=lambda i: i[1]))
+
+
+def _selection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="want the debug variant (bpf_printk traces)")
+    p.add_argument("--strict", action="store_true", help="accept only an object built for this exact kernel")
+    p.add_argument("--runtime-compile", action="store_true",
+                   help=f"when no prebuilt object fits, compile the shipped source with the host's clang and "
+                        f"kernel headers (also {RUNTIME_ENV}=1); cached under /var/cache/hids-bytecode")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--verbose", action="store_true", help="copy libbpf's messages to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hids-bytecode", description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument("--version", action="store_true", help="print the manifest's version and source hash")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("select", help="show which object each program would get on this host",
+                       description="Read the host facts and pick, per program, the exact build for this kernel, "
+                                   "else the CO-RE build (host BTF needed), else a runtime compile (opt-in).")
+    p.add_argument("programs", nargs="*", help="programs to select (default: all in the manifest)")
+    p.add_argument("--explain", action="store_true", help="print the facts with their sources and why each candidate was taken or skipped")
+    _selection_flags(p)
+
+    p = sub.add_parser("load", help="load, attach and pin programs under /sys/fs/bpf/hids/<program>/",
+                       description="Select and hash-check each program's object, load it, write this process's tgid "
+                                   "into `config`, attach (kprobe family first, then tracepoints) and pin maps, "
+                                   "programs and links so they stay after this command exits.")
+    p.add_argument("programs", nargs="*", help="programs to load (default: all in the manifest)")
+    p.add_argument("--backend", choices=("libbpf", "bpftool"), default="libbpf",
+                   help="libbpf via ctypes (default), or `bpftool prog loadall` (attaches only if bpftool has autoattach)")
+    _selection_flags(p)
+
+    p = sub.add_parser("unload", help="remove the pins of loaded programs (detaches them)",
+                       description="Remove /sys/fs/bpf/hids/<program>/; the kernel frees what no process still holds.")
+    p.add_argument("programs", nargs="*", help="programs to unload (default: all in the manifest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("watch", help="print a program's events as JSON lines until interrupted",
+                       description="Decode events from the program's `events` map (ring or perf buffer) using the "
+                                   "object's BTF. Uses the pinned maps if the program is loaded, else loads and "
+                                   "attaches it for as long as the command runs. Lost events appear as "
+                                   '{"event": "lost", ...} lines.')
+    p.add_argument("program", help="the program whose events to print")
+    p.add_argument("--count", type=int, default=0, help="stop after this many events (default: run until Ctrl-C)")
+    _selection_flags(p)
+
+    p = sub.add_parser("list", help="list the manifest's objects",
+                       description=f"One line per object: unit, kind, arch, variant. Data from {DATA_ENV} or the package.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("verify", help="check every object's sha256 against the manifest",
+                       description="Hash every object and shipped source; exits non-zero if any differs.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _print(args: argparse.Namespace, doc: Any, text: str) -> None:
+    print(json.dumps(doc, sort_keys=True) if args.json else text)
+
+
+def _options(args: argparse.Namespace, **extra: Any) -> api.Options:
+    return api.Options(debug=args.debug, strict=args.strict, runtime_compile=args.runtime_compile,
+                       verbose=args.verbose, **extra)
+
+
+def _programs(args: argparse.Namespace) -> list[str]:
+    return args.programs or load_manifest().programs
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    facts = gather()
+    manifest = load_manifest()
+    choices, failures = [], []
+    for program in _programs(args):
+        try:
+            choices.append(api.choose(program, facts, _options(args), manifest))
+        except HidsError as exc:
+            failures.append((program, exc))
+    if args.json:
+        doc = {"facts": facts.as_dict(), "choices": [c.as_dict() for c in choices],
+               "refused": [{"program": p, "error": type(e).__name__, "reason": str(e),
+                            "steps": [s.as_dict() for s in e.steps]} for p, e in failures]}
+        print(json.dumps(doc, sort_keys=True))
+    else:
+        if args.explain:
+            print("facts:")
+            for f in facts.facts:
+                print(f"  {f.name:16} {str(f.value):28} from {f.source}")
+        for c in choices:
+            print(f"{c.program}: {c.stage} {c.entry.unit}")
+            if args.explain:
+                _print_steps(c.steps)
+        for program, exc in failures:
+            print(f"{program}: refused ({type(exc).__name__}): {exc}")
+            if args.explain:
+                _print_steps(exc.steps)
+    return max((e.exit_code for _, e in failures), default=0)
+
+
+def _print_steps(steps: Any) -> None:
+    for s in steps:
+        print(f"    {'TAKE' if s.taken else 'skip'} {s.stage:8} {s.candidate}: {s.reason}")
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    facts = gather()
+    results = [api.load(p, _options(args, backend=args.backend), facts) for p in _programs(args)]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], sort_keys=True))
+        return 0
+    for r in results:
+        print(f"{r.choice.program}: {r.choice.stage} {r.choice.entry.unit}, pinned under {r.pins}")
+        for rep in r.reports:
+            print(f"  {rep.name:28} {rep.status}" + (f": {rep.message}" if rep.message else ""))
+    return 0
+
+
+def _cmd_unload(args: argparse.Namespace) -> int:
+    removed = {p: [str(x) for x in api.unload(p)] for p in _programs(args)}
+    _print(args, removed, "\n".join(f"{p}: removed {len(paths)} pins" for p, paths in removed.items()))
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    seen = 0
+    try:
+        for event in api.watch(args.program, _options(args)):
+            print(json.dumps(event, sort_keys=True), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    manifest = load_manifest()
+    rows = [{"unit": e.unit, "kind": e.kind, "arch": e.arch, "release": e.release, "sha256": e.sha256,
+             "variant": e.raw["variant"]} for e in manifest.entries]
+    _print(args, {"version": manifest.version, "source_hash": manifest.source_hash, "objects": rows},
+           "\n".join(f"{r['unit']:60} {r['kind']:5} {r['arch']:8} {r['sha256'][:16]}" for r in rows))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    results = verify_manifest(load_manifest())
+    bad = [r for r in results if not r.ok]
+    _print(args, {"checked": len(results), "failed": [{"unit": r.entry.unit, "reason": r.reason} for r in bad]},
+           "\n".join([f"FAIL {r.entry.unit}: {r.reason}" for r in bad] + [f"{len(results) - len(bad)}/{len(results)} objects ok"]))
+    return IntegrityError.exit_code if bad else 0
+
+
+_COMMANDS = {"select": _cmd_select, "load": _cmd_load, "unload": _cmd_unload, "watch": _cmd_watch,
+             "list": _cmd_list, "verify": _cmd_verify}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.version:
+            manifest = load_manifest()
+            print(f"hids-bytecode {manifest.version} (source {manifest.source_hash})")
+            return 0
+        if not args.command:
+            parser.print_help()
+            return 2
+        return _COMMANDS[args.command](args)
+    except HidsError as exc:
+        print(f"hids-bytecode: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,110 @@
+"""The loader tests' data directory: manifest.json + objects/ + sources/, as the wheel ships it.
+
+Until the pipeline's wheel is wired in, the objects are compiled here, at fixture time, with the
+host's clang as CO-RE objects against this kernel's BTF (never a committed binary). The one place
+to switch to the real wheel is `make_loader_data`: point it at an unpacked wheel's
+hids_bytecode/data and the tests run unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADER_DATA = ROOT / "tests" / "data" / "loader"
+MINI_SOURCE = LOADER_DATA / "mini_hids.bpf.c"
+PROGRAM = "mini"
+
+
+def _tool(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip(f"none of {', '.join(names)} installed")
+
+
+def _host_wrapper() -> bool:
+    with open("/proc/kallsyms") as lines:
+        for line in lines:
+            if line.rstrip().endswith(("_sys_openat", "_sys_execve")):
+                return "__" in line.split()[2][:2]
+    return False
+
+
+def compile_core(source: Path, workdir: Path) -> bytes:
+    """A CO-RE object of `source` with the pipeline's CO-RE flags (docs/DESIGN.md)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    vmlinux = workdir / "vmlinux.h"
+    if not vmlinux.exists():
+        dump = subprocess.run([_tool("bpftool"), "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
+                              check=True, capture_output=True)
+        vmlinux.write_bytes(dump.stdout)
+    obj = workdir / (source.name.split(".")[0] + ".o")
+    arch = "arm64" if os.uname().machine == "aarch64" else "x86"
+    subprocess.run([_tool("clang", "clang-19"), "-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-DHIDS_CORE=1",
+                    f"-I{workdir}", "-DUSE_SYSCALL_WRAPPER=1", "-DDEBUG=0", "-O2", "-g", "-c", str(source),
+                    "-o", str(obj)], check=True, capture_output=True)
+    subprocess.run([_tool("llvm-strip", "llvm-strip-19"), "-g", str(obj)], check=True, capture_output=True)
+    return obj.read_bytes()
+
+
+def _entry(program: str, kind: str, data: bytes, source_text: bytes, wrapper: bool) -> dict[str, Any]:
+    u = os.uname()
+    sha = hashlib.sha256(data).hexdigest()
+    source_sha = hashlib.sha256(source_text).hexdigest()
+    release = u.release if kind == "exact" else None
+    kernel: dict[str, Any] = {"release": release, "arch": u.machine}
+    if kind == "core":
+        kernel["btf_from"] = u.release
+    target = release or f"core-{u.machine}"
+    return {
+        "unit": f"{program}/{target}/w{int(wrapper)}d0", "program": program, "kind": kind, "kernel": kernel,
+        "variant": {"syscall_wrapper": wrapper, "debug": False},
+        "object": f"objects/{sha}.o", "sha256": sha, "size": len(data),
+        "programs": [], "maps": ["events", "counters", "config"],
+        "toolchain": {"clang": "host", "image": "none"},
+        "source": {"path": f"sources/{program}-{source_sha[:16]}.c", "sha256": source_sha},
+        "cflags": [],
+    }
+
+
+def make_loader_data(dest: Path) -> Path:
+    """A data dir for the mini program: one exact entry for this kernel and one CO-RE entry."""
+    data = compile_core(MINI_SOURCE, dest / "work")
+    source_text = MINI_SOURCE.read_bytes()
+    wrapper = _host_wrapper()
+    entries = [_entry(PROGRAM, "exact", data, source_text, wrapper), _entry(PROGRAM, "core", data, source_text, wrapper)]
+    root = dest / "data"
+    for e in entries:
+        (root / e["object"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / e["object"]).write_bytes(data)
+        (root / e["source"]["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / e["source"]["path"]).write_bytes(source_text)
+    write_manifest(root, entries)
+    return root
+
+
+def write_manifest(root: Path, entries: list[dict[str, Any]]) -> None:
+    manifest = {"schema": 1, "version": "0.0.test", "source_hash": "test" + "0" * 60,
+                "arch": os.uname().machine, "objects": entries}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def clone_data(src: Path, dest: Path) -> Path:
+    """A private copy a test may tamper with."""
+    shutil.copytree(src, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def loader_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_loader_data(tmp_path_factory.mktemp("loader-data"))
