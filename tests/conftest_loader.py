@@ -13,12 +13,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "loader"))
 LOADER_DATA = ROOT / "tests" / "data" / "loader"
 MINI_SOURCE = LOADER_DATA / "mini_hids.bpf.c"
 PROGRAM = "mini"
@@ -40,7 +42,7 @@ def _host_wrapper() -> bool:
     return False
 
 
-def compile_core(source: Path, workdir: Path) -> bytes:
+def compile_core(source: Path, workdir: Path, *defines: str) -> bytes:
     """A CO-RE object of `source` with the pipeline's CO-RE flags (docs/DESIGN.md)."""
     workdir.mkdir(parents=True, exist_ok=True)
     vmlinux = workdir / "vmlinux.h"
@@ -48,10 +50,10 @@ def compile_core(source: Path, workdir: Path) -> bytes:
         dump = subprocess.run([_tool("bpftool"), "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
                               check=True, capture_output=True)
         vmlinux.write_bytes(dump.stdout)
-    obj = workdir / (source.name.split(".")[0] + ".o")
+    obj = workdir / (source.name.split(".")[0] + "".join(defines) + ".o")
     arch = "arm64" if os.uname().machine == "aarch64" else "x86"
     subprocess.run([_tool("clang", "clang-19"), "-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-DHIDS_CORE=1",
-                    f"-I{workdir}", "-DUSE_SYSCALL_WRAPPER=1", "-DDEBUG=0", "-O2", "-g", "-c", str(source),
+                    f"-I{workdir}", *defines, "-DUSE_SYSCALL_WRAPPER=1", "-DDEBUG=0", "-O2", "-g", "-c", str(source),
                     "-o", str(obj)], check=True, capture_output=True)
     subprocess.run([_tool("llvm-strip", "llvm-strip-19"), "-g", str(obj)], check=True, capture_output=True)
     return obj.read_bytes()
@@ -78,17 +80,22 @@ def _entry(program: str, kind: str, data: bytes, source_text: bytes, wrapper: bo
 
 
 def make_loader_data(dest: Path) -> Path:
-    """A data dir for the mini program: one exact entry for this kernel and one CO-RE entry."""
+    """A data dir for the mini program (an exact entry for this kernel and a CO-RE entry) and for
+    `rejected`, the same source built to fail the verifier."""
     data = compile_core(MINI_SOURCE, dest / "work")
+    rejected = compile_core(MINI_SOURCE, dest / "work", "-DHIDS_TEST_UNCHECKED_LOOKUP")
     source_text = MINI_SOURCE.read_bytes()
     wrapper = _host_wrapper()
-    entries = [_entry(PROGRAM, "exact", data, source_text, wrapper), _entry(PROGRAM, "core", data, source_text, wrapper)]
+    entries = [_entry(PROGRAM, "exact", data, source_text, wrapper), _entry(PROGRAM, "core", data, source_text, wrapper),
+               _entry("rejected", "exact", rejected, source_text, wrapper)]
+    objects = {data: entries[:2], rejected: entries[2:]}
     root = dest / "data"
-    for e in entries:
-        (root / e["object"]).parent.mkdir(parents=True, exist_ok=True)
-        (root / e["object"]).write_bytes(data)
-        (root / e["source"]["path"]).parent.mkdir(parents=True, exist_ok=True)
-        (root / e["source"]["path"]).write_bytes(source_text)
+    for blob, group in objects.items():
+        for e in group:
+            (root / e["object"]).parent.mkdir(parents=True, exist_ok=True)
+            (root / e["object"]).write_bytes(blob)
+            (root / e["source"]["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (root / e["source"]["path"]).write_bytes(source_text)
     write_manifest(root, entries)
     return root
 

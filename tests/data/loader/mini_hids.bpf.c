@@ -101,7 +101,12 @@ static __attribute__((always_inline)) int skip_self(void)
 {
 	__u32 key = 0;
 	struct hids_config *cfg = bpf_map_lookup_elem(&config, &key);
+#ifdef HIDS_TEST_UNCHECKED_LOOKUP
+	/* Deliberately invalid, for the loader's verifier-failure test: reads past the map value. */
+	return cfg && ((volatile __u32 *)cfg)[64] == (bpf_get_current_pid_tgid() >> 32);
+#else
 	return cfg && cfg->agent_tgid == (bpf_get_current_pid_tgid() >> 32);
+#endif
 }
 
 static __attribute__((always_inline)) void count(__u32 type, int dropped)

@@ -1,0 +1,120 @@
+"""The hids-bytecode command as a user runs it: one-line reasons and distinct exit codes for bad
+input, the integrity check before any bpf() call, list/verify/--version/--help."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest_loader import ROOT, clone_data, loader_data  # noqa: F401  (fixture)
+from hids_bytecode.errors import EXIT_CODES
+
+COMMANDS = ["select", "load", "unload", "watch", "list", "verify"]
+
+
+def run(data: Path | None, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT / "loader"),
+               "HIDS_BYTECODE_PIN_ROOT": f"/sys/fs/bpf/hids-test-{os.getpid()}", **env}
+    if data is not None:
+        environ["HIDS_BYTECODE_DATA"] = str(data)
+    return subprocess.run([sys.executable, "-m", "hids_bytecode", *args], capture_output=True, text=True, env=environ)
+
+
+def assert_one_line_failure(proc: subprocess.CompletedProcess, error: str) -> None:
+    assert proc.returncode == EXIT_CODES[error], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("hids-bytecode: ")
+
+
+def test_exit_codes_are_distinct() -> None:
+    assert len(set(EXIT_CODES.values())) == len(EXIT_CODES)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(command: str) -> None:
+    proc = run(None, command, "--help")
+    assert proc.returncode == 0 and len(proc.stdout) > 200
+
+
+def test_version_list_verify(loader_data: Path) -> None:
+    assert run(loader_data, "--version").stdout.strip() == "hids-bytecode 0.0.test (source test" + "0" * 60 + ")"
+    listed = json.loads(run(loader_data, "list", "--json").stdout)
+    assert {o["kind"] for o in listed["objects"]} == {"exact", "core"}
+    verified = run(loader_data, "verify")
+    assert verified.returncode == 0 and "3/3 objects ok" in verified.stdout
+
+
+def test_missing_and_malformed_manifest(tmp_path: Path) -> None:
+    assert_one_line_failure(run(tmp_path, "list"), "ManifestError")
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert_one_line_failure(run(tmp_path, "select"), "ManifestError")
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": 1, "objects": [{"unit": "x"}]}))
+    proc = run(tmp_path, "verify")
+    assert_one_line_failure(proc, "ManifestError")
+    assert "lacks program" in proc.stderr
+
+
+def _tamper(data: Path) -> Path:
+    manifest = json.loads((data / "manifest.json").read_text())
+    obj = data / next(e["object"] for e in manifest["objects"] if e["program"] == "mini")
+    blob = bytearray(obj.read_bytes())
+    blob[-1] ^= 0xFF
+    obj.write_bytes(bytes(blob))
+    return obj
+
+
+def test_tampered_object_is_refused_before_any_bpf_call(loader_data: Path, tmp_path: Path) -> None:
+    data = clone_data(loader_data, tmp_path / "data")
+    obj = _tamper(data)
+    # With libbpf made unloadable, reaching any bpf() call would fail as LibbpfMissing instead:
+    # IntegrityError proves the hash was checked first.
+    proc = run(data, "load", "mini", HIDS_LIBBPF="/nonexistent/libbpf.so.1")
+    assert_one_line_failure(proc, "IntegrityError")
+    assert hashlib.sha256(obj.read_bytes()).hexdigest()[:16] in proc.stderr
+    assert not Path(f"/sys/fs/bpf/hids-test-{os.getpid()}").exists()
+    verified = run(data, "verify")
+    assert verified.returncode == EXIT_CODES["IntegrityError"] and "FAIL mini/" in verified.stdout
+
+
+def test_missing_libbpf_names_the_package(loader_data: Path) -> None:
+    proc = run(loader_data, "load", "mini", HIDS_LIBBPF="/nonexistent/libbpf.so.1")
+    assert_one_line_failure(proc, "LibbpfMissing")
+    assert "libbpf1" in proc.stderr
+
+
+def test_verifier_rejection_is_one_line_and_leaves_no_pins(loader_data: Path) -> None:
+    proc = run(loader_data, "load", "rejected")
+    assert_one_line_failure(proc, "LoadError")
+    assert "rejected/" in proc.stderr
+    assert not Path(f"/sys/fs/bpf/hids-test-{os.getpid()}/rejected").exists()
+
+
+def test_unload_of_nothing_loaded(loader_data: Path) -> None:
+    assert_one_line_failure(run(loader_data, "unload", "mini"), "NotLoaded")
+
+
+def test_select_explain_and_json(loader_data: Path) -> None:
+    explained = run(loader_data, "select", "mini", "--explain")
+    assert explained.returncode == 0
+    assert "syscall_wrapper" in explained.stdout and "from /proc/kallsyms line" in explained.stdout
+    assert f"TAKE exact    mini/{os.uname().release}/w1d0" in explained.stdout
+    doc = json.loads(run(loader_data, "select", "mini", "--json").stdout)
+    assert doc["choices"][0]["stage"] == "exact"
+    assert doc["facts"]["release"] == {"value": os.uname().release, "source": "uname -r"}
+    strict_debug = run(loader_data, "select", "mini", "--debug", "--strict")
+    assert strict_debug.returncode == EXIT_CODES["NoMatch"] and "--strict" in strict_debug.stdout
+
+
+def test_runtime_compile_refusal_lists_what_was_tried(loader_data: Path) -> None:
+    # The test manifest's entries carry no pipeline cflags, so there is nothing to compile from.
+    proc = run(loader_data, "select", "mini", "--debug", "--runtime-compile", "--json")
+    refused = json.loads(proc.stdout)["refused"][0]
+    assert refused["error"] == "NoMatch"
+    assert [s["stage"] for s in refused["steps"]] == ["exact", "core", "runtime"]
+    assert "debug False != wanted True" in refused["steps"][1]["reason"]
