@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,28 @@ def _last_libbpf_line(collected: list[tuple[str, str]]) -> str:
     return (interesting or lines or ["no message from libbpf"])[-1]
 
 
+_PROG_FAILED = re.compile(r"prog '([^']+)': BPF program load failed: (.*)")
+_INSN = re.compile(r"^\d+: \(")
+
+
+def _verifier_reason(collected: list[tuple[str, str]]) -> str | None:
+    """`program X rejected by the verifier: <first complaint after the last instruction>`."""
+    lines = [l for _, t in collected for l in t.splitlines()]
+    for index, line in enumerate(lines):
+        failed = _PROG_FAILED.search(line)
+        if not failed:
+            continue
+        log = []
+        for entry in lines[index + 1:]:
+            if "END PROG LOAD LOG" in entry:
+                break
+            log.append(entry)
+        last_insn = max((i for i, l in enumerate(log) if _INSN.match(l)), default=-1)
+        complaint = next((l.strip() for l in log[last_insn + 1:] if l.strip() and not l.startswith(";")), failed.group(2))
+        return f"program {failed.group(1)} rejected by the verifier: {complaint}"
+    return None
+
+
 def open_and_load(lib: lb.Libbpf, data: bytes, label: str) -> LoadedObject:
     """Open the (already hash-checked) bytes from memory and load them into the kernel."""
     buf = ctypes.create_string_buffer(data, len(data))
@@ -92,7 +115,8 @@ def open_and_load(lib: lb.Libbpf, data: bytes, label: str) -> LoadedObject:
         rc = lib.bpf_object__load(obj)
     if rc != 0:
         loaded.close()
-        raise LoadError(f"{label}: load failed ({lib.strerror(rc)}): {_last_libbpf_line(collected)}")
+        reason = _verifier_reason(collected) or f"load failed ({lib.strerror(rc)}): {_last_libbpf_line(collected)}"
+        raise LoadError(f"{label}: {reason} (--verbose shows libbpf's full log)")
     return loaded
 
 

@@ -125,7 +125,7 @@ class Libbpf:
         text = buf.value.decode(errors="replace").rstrip("\n")
         _messages.append((_LEVELS.get(level, str(level)), text))
         if _echo:
-            print(f"libbpf: {text}", file=sys.stderr)
+            print(text, file=sys.stderr)
         return 0
 
     def strerror(self, err: int) -> str:
