@@ -112,6 +112,35 @@ def clone_data(src: Path, dest: Path) -> Path:
     return dest
 
 
+def make_bpf_data(dest: Path) -> tuple[Path, list[str]]:
+    """A data dir of the project's own bpf/*.bpf.c, compiled CO-RE for this host (exact entries
+    for this kernel), and the programs whose compile failed."""
+    root = dest / "data"
+    entries, failed = [], []
+    wrapper = _host_wrapper()
+    for source in sorted((ROOT / "bpf").glob("*.bpf.c")):
+        program = source.name.split(".")[0]
+        try:
+            data = compile_core(source, dest / "work", f"-I{ROOT / 'bpf' / 'include'}")
+        except subprocess.CalledProcessError:
+            failed.append(program)
+            continue
+        entry = _entry(program, "exact", data, source.read_bytes(), wrapper)
+        (root / entry["object"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / entry["object"]).write_bytes(data)
+        entries.append(entry)
+    root.mkdir(parents=True, exist_ok=True)
+    write_manifest(root, entries)
+    return root, failed
+
+
+@pytest.fixture(scope="session")
+def bpf_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    if not list((ROOT / "bpf").glob("*.bpf.c")):
+        pytest.skip("bpf/ holds no programs yet")
+    return make_bpf_data(tmp_path_factory.mktemp("bpf-data"))
+
+
 @pytest.fixture(scope="session")
 def loader_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_loader_data(tmp_path_factory.mktemp("loader-data"))

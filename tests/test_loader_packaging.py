@@ -1,0 +1,89 @@
+"""The loader as installed from the wheel (data found through importlib.resources), its runtime
+compile path with the host's clang, and the project's own bpf/ programs once they exist."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest_loader import MINI_SOURCE, ROOT, bpf_data, loader_data  # noqa: F401  (fixtures)
+from hids_bytecode import api, libbpf
+from hids_bytecode.attach import open_and_load
+from hids_bytecode.hostinfo import gather
+from hids_bytecode.manifest import load_manifest
+from hids_bytecode.pins import PIN_ENV
+from hids_bytecode.runtime_compile import CACHE_ENV, RuntimePlan, _rewrite, compile_plan
+
+
+def test_installed_layout_finds_its_data_without_the_env_var(loader_data: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "loader" / "hids_bytecode", site / "hids_bytecode")
+    shutil.rmtree(site / "hids_bytecode" / "data", ignore_errors=True)
+    shutil.copytree(loader_data, site / "hids_bytecode" / "data")
+    env = {k: v for k, v in os.environ.items() if k != "HIDS_BYTECODE_DATA"}
+    proc = subprocess.run([sys.executable, "-m", "hids_bytecode", "verify"], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(site)}, cwd=tmp_path)
+    assert proc.returncode == 0 and "3/3 objects ok" in proc.stdout, proc.stderr
+
+
+def test_pipeline_flags_are_rewritten_to_the_host_trees() -> None:
+    facts = gather()
+    flags = ["-nostdinc", "-isystem", "/usr/lib/llvm-19/lib/clang/19/include",
+             "-I/headers/1/usr/src/linux-headers-6.1.0-50-cloud-amd64/arch/x86/include/generated",
+             "-I/headers/0/usr/src/linux-headers-6.1.0-50-common/include",
+             "-include", "/headers/0/usr/src/linux-headers-6.1.0-50-common/include/linux/kconfig.h",
+             "-fdebug-prefix-map=/headers/0=", "-DUSE_SYSCALL_WRAPPER=0", "-DDEBUG=0", "-O2", "/src/file.c"]
+    out = _rewrite(flags, Path("/usr/src/c-common"), Path("/usr/src/flav"), "/clang/include", facts, "file.c")
+    assert out[:7] == ["-nostdinc", "-isystem", "/clang/include", "-I/usr/src/flav/arch/x86/include/generated",
+                       "-I/usr/src/c-common/include", "-include", "/usr/src/c-common/include/linux/kconfig.h"]
+    assert f"-DUSE_SYSCALL_WRAPPER={int(facts.wrapper.wrapper)}" in out
+    assert out[-1] == "file.c" and not any(a.startswith(("/headers", "-fdebug-prefix-map=/headers")) for a in out)
+    assert ("-fms-extensions" in out) == (facts.version.tuple[:2] >= (6, 19))
+
+
+def test_runtime_compile_builds_caches_and_loads(loader_data: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # This host has no headers for its own kernel, so the plan uses the CO-RE flags against a
+    # vmlinux.h: the compile, cache and load steps are the real ones.
+    clang = shutil.which("clang") or shutil.which("clang-19")
+    if clang is None:
+        pytest.skip("no clang")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    facts = gather()
+    entry = next(e for e in load_manifest(loader_data).entries if e.kind == "core")
+    vmlinux_dir = next(loader_data.parent.glob("work"))
+    arch = "arm64" if facts.arch == "aarch64" else "x86"
+    plan = RuntimePlan(True, "test", Path(clang), args=("-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-DHIDS_CORE=1",
+                                                       f"-I{vmlinux_dir}", "-O2", "-g", "mini.c"))
+    first = compile_plan(plan, entry, facts)
+    assert first.parent == tmp_path / "cache" and not list(first.parent.glob(".tmp-*"))
+    inode = first.stat().st_ino
+    assert compile_plan(plan, entry, facts).stat().st_ino == inode  # cached, not rebuilt
+    other = compile_plan(RuntimePlan(True, "test", Path(clang), args=(*plan.args[:-1], "-DDEBUG=1", "mini.c")),
+                         entry, facts)
+    assert other != first  # flags are part of the key
+    loaded = open_and_load(libbpf.get(), first.read_bytes(), "runtime")
+    try:
+        assert set(loaded.programs) == {"exec__kprobe", "exec__tracepoint", "open__tracepoint"}
+    finally:
+        loaded.close()
+
+
+def test_project_bpf_programs_load_and_attach(bpf_data: tuple[Path, list[str]], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    data, failed = bpf_data
+    assert not failed, f"bpf/ programs that do not compile CO-RE here: {failed}"
+    monkeypatch.setenv("HIDS_BYTECODE_DATA", str(data))
+    monkeypatch.setenv(PIN_ENV, f"/sys/fs/bpf/hids-test-{os.getpid()}-bpf")
+    for program in load_manifest(data).programs:
+        result = api.load(program)
+        try:
+            assert any(r.status == "attached" for r in result.reports), json.dumps(result.as_dict())
+        finally:
+            api.unload(program)
