@@ -81,14 +81,16 @@ def _entry(program: str, kind: str, data: bytes, source_text: bytes, wrapper: bo
 
 def make_loader_data(dest: Path) -> Path:
     """A data dir for the mini program (an exact entry for this kernel and a CO-RE entry) and for
-    `rejected`, the same source built to fail the verifier."""
+    `rejected`, the same source built to fail the verifier, and `mini_perf`, built with a perf buffer."""
     data = compile_core(MINI_SOURCE, dest / "work")
     rejected = compile_core(MINI_SOURCE, dest / "work", "-DHIDS_TEST_UNCHECKED_LOOKUP")
+    perf = compile_core(MINI_SOURCE, dest / "work", "-DHIDS_TEST_PERF")
     source_text = MINI_SOURCE.read_bytes()
     wrapper = _host_wrapper()
     entries = [_entry(PROGRAM, "exact", data, source_text, wrapper), _entry(PROGRAM, "core", data, source_text, wrapper),
-               _entry("rejected", "exact", rejected, source_text, wrapper)]
-    objects = {data: entries[:2], rejected: entries[2:]}
+               _entry("rejected", "exact", rejected, source_text, wrapper),
+               _entry("mini_perf", "exact", perf, source_text, wrapper)]
+    objects = {data: entries[:2], rejected: entries[2:3], perf: entries[3:]}
     root = dest / "data"
     for blob, group in objects.items():
         for e in group:

@@ -47,7 +47,7 @@ def test_version_list_verify(loader_data: Path) -> None:
     listed = json.loads(run(loader_data, "list", "--json").stdout)
     assert {o["kind"] for o in listed["objects"]} == {"exact", "core"}
     verified = run(loader_data, "verify")
-    assert verified.returncode == 0 and "3/3 objects ok" in verified.stdout
+    assert verified.returncode == 0 and "4/4 objects ok" in verified.stdout
 
 
 def test_missing_and_malformed_manifest(tmp_path: Path) -> None:

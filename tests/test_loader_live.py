@@ -76,8 +76,9 @@ def _collect(events: Iterator[dict], trigger: Trigger) -> tuple[dict, dict, bool
     return exec_ev, open_ev, saw_self
 
 
-def test_in_process_watch_reads_back_exec_and_open(env: dict[str, str], tmp_path: Path) -> None:
-    events = api.watch("mini")
+@pytest.mark.parametrize("program", ["mini", "mini_perf"], ids=["ring buffer", "perf buffer"])
+def test_in_process_watch_reads_back_exec_and_open(env: dict[str, str], tmp_path: Path, program: str) -> None:
+    events = api.watch(program)
     with Trigger(tmp_path) as trigger:
         exec_ev, open_ev, saw_self = _collect(events, trigger)
         events.close()

@@ -29,7 +29,7 @@ def test_installed_layout_finds_its_data_without_the_env_var(loader_data: Path, 
     env = {k: v for k, v in os.environ.items() if k != "HIDS_BYTECODE_DATA"}
     proc = subprocess.run([sys.executable, "-m", "hids_bytecode", "verify"], capture_output=True, text=True,
                           env={**env, "PYTHONPATH": str(site)}, cwd=tmp_path)
-    assert proc.returncode == 0 and "3/3 objects ok" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "4/4 objects ok" in proc.stdout, proc.stderr
 
 
 def test_pipeline_flags_are_rewritten_to_the_host_trees() -> None:

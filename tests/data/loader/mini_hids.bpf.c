@@ -19,6 +19,7 @@ static __u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static long (*bpf_probe_read_user_str)(void *dst, __u32 size, const void *src) = (void *)114;
+static long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) = (void *)25;
 
 enum hids_event_type {
 	HIDS_EV_EXEC = 1,
@@ -78,10 +79,47 @@ struct hids_config {
 	__u32 reserved;
 };
 
+#ifdef HIDS_TEST_PERF
+/* The pre-5.8 shape of `events`: a perf buffer, fed from a per-CPU scratch record. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[256]);
+} scratch SEC(".maps");
+
+static __attribute__((always_inline)) void *reserve(__u64 size)
+{
+	__u32 key = 0;
+	return bpf_map_lookup_elem(&scratch, &key);
+}
+
+static __attribute__((always_inline)) void submit(void *ctx, void *ev, __u64 size)
+{
+	bpf_perf_event_output(ctx, &events, 0xffffffffULL, ev, size);
+}
+#else
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
+
+static __attribute__((always_inline)) void *reserve(__u64 size)
+{
+	return bpf_ringbuf_reserve(&events, size, 0);
+}
+
+static __attribute__((always_inline)) void submit(void *ctx, void *ev, __u64 size)
+{
+	bpf_ringbuf_submit(ev, 0);
+}
+#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -136,27 +174,27 @@ static __attribute__((always_inline)) void fill_hdr(struct hids_hdr *hdr, __u32 
 	bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
 }
 
-static __attribute__((always_inline)) int emit_exec(const char *filename)
+static __attribute__((always_inline)) int emit_exec(void *ctx, const char *filename)
 {
 	if (skip_self())
 		return 0;
-	struct hids_ev_exec *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	struct hids_ev_exec *ev = reserve(sizeof(*ev));
 	if (!ev) {
 		count(HIDS_EV_EXEC, 1);
 		return 0;
 	}
 	fill_hdr(&ev->hdr, HIDS_EV_EXEC);
 	bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), filename);
-	bpf_ringbuf_submit(ev, 0);
+	submit(ctx, ev, sizeof(*ev));
 	count(HIDS_EV_EXEC, 0);
 	return 0;
 }
 
-static __attribute__((always_inline)) int emit_open(int dfd, const char *path, int flags)
+static __attribute__((always_inline)) int emit_open(void *ctx, int dfd, const char *path, int flags)
 {
 	if (skip_self())
 		return 0;
-	struct hids_ev_open *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	struct hids_ev_open *ev = reserve(sizeof(*ev));
 	if (!ev) {
 		count(HIDS_EV_OPEN, 1);
 		return 0;
@@ -165,7 +203,7 @@ static __attribute__((always_inline)) int emit_open(int dfd, const char *path, i
 	ev->dfd = dfd;
 	ev->open_flags = flags;
 	bpf_probe_read_user_str(ev->path, sizeof(ev->path), path);
-	bpf_ringbuf_submit(ev, 0);
+	submit(ctx, ev, sizeof(*ev));
 	count(HIDS_EV_OPEN, 0);
 	return 0;
 }
@@ -181,13 +219,13 @@ int exec__kprobe(void *ctx)
 SEC("tracepoint/syscalls/sys_enter_execve")
 int exec__tracepoint(struct trace_event_raw_sys_enter *ctx)
 {
-	return emit_exec((const char *)ctx->args[0]);
+	return emit_exec(ctx, (const char *)ctx->args[0]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_openat")
 int open__tracepoint(struct trace_event_raw_sys_enter *ctx)
 {
-	return emit_open((int)ctx->args[0], (const char *)ctx->args[1], (int)ctx->args[2]);
+	return emit_open(ctx, (int)ctx->args[0], (const char *)ctx->args[1], (int)ctx->args[2]);
 }
 
 char _license[] SEC("license") = "GPL";
