@@ -1,6 +1,7 @@
 """The hids-bytecode command as a user runs it: one-line reasons and distinct exit codes for bad
 input, the integrity check before any bpf() call, list/verify/--version/--help."""
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest_loader import ROOT, clone_data, loader_data  # noqa: F401  (fixture)
+# conftest_loader is both imported here and a plugin: register it before the import.
+pytest.register_assert_rewrite("conftest_loader")
+pytest_plugins = ["conftest_loader"]
+
+from conftest_loader import ROOT, clone_data  # puts loader/ on sys.path
 from hids_bytecode.errors import EXIT_CODES
 
 COMMANDS = ["select", "load", "unload", "watch", "list", "verify"]

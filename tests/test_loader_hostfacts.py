@@ -2,6 +2,7 @@
 eras. Those kernels cannot run here, so their /proc/kallsyms and uname strings are small fixture
 files (tests/data/loader/) and `uname` is passed in: the one stand-in in these tests."""
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import json
@@ -11,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest_loader import LOADER_DATA  # noqa: F401  (also puts loader/ on sys.path)
+# conftest_loader is both imported here and a plugin: register it before the import.
+pytest.register_assert_rewrite("conftest_loader")
+pytest_plugins = ["conftest_loader"]
+
+from conftest_loader import LOADER_DATA  # puts loader/ on sys.path
 from hids_bytecode.errors import (BtfUnavailable, KallsymsUndecided, KallsymsUnavailable, NoMatch,
                                   UnknownArch, UnknownRelease)
 from hids_bytecode.hostinfo import gather

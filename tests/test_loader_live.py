@@ -1,6 +1,7 @@
 """On this host, for real: load through libbpf, tracepoint attach, events read back (exec, open)
 and decoded from the object's BTF, the agent's own events dropped in-kernel, unload leaves no pins."""
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import json
@@ -14,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest_loader import ROOT, loader_data  # noqa: F401  (fixture)
+# conftest_loader is both imported here and a plugin: register it before the import.
+pytest.register_assert_rewrite("conftest_loader")
+pytest_plugins = ["conftest_loader"]
+
+from conftest_loader import ROOT  # puts loader/ on sys.path
 from hids_bytecode import api
 from hids_bytecode.pins import PIN_ENV
 
@@ -52,7 +57,7 @@ class Trigger:
             subprocess.run(["/bin/cat", str(self.child_marker)], capture_output=True)
             self.self_marker.read_text()
 
-    def __enter__(self) -> "Trigger":
+    def __enter__(self) -> Trigger:
         self.thread.start()
         return self
 

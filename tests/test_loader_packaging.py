@@ -1,6 +1,7 @@
 """The loader as installed from the wheel (data found through importlib.resources), its runtime
 compile path with the host's clang, and the project's own bpf/ programs once they exist."""
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import json
@@ -12,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest_loader import MINI_SOURCE, ROOT, bpf_data, loader_data  # noqa: F401  (fixtures)
+# conftest_loader is both imported here and a plugin: register it before the import.
+pytest.register_assert_rewrite("conftest_loader")
+pytest_plugins = ["conftest_loader"]
+
+from conftest_loader import ROOT  # puts loader/ on sys.path
 from hids_bytecode import api, libbpf
 from hids_bytecode.attach import open_and_load
 from hids_bytecode.hostinfo import gather

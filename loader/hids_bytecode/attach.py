@@ -68,8 +68,8 @@ class LoadedObject:
 
 
 def _last_libbpf_line(collected: list[tuple[str, str]]) -> str:
-    lines = [t.strip() for _, t in collected for t in t.splitlines() if t.strip()]
-    interesting = [l for l in lines if "verifier" not in l and not l.startswith("--")]
+    lines = [line.strip() for _, text in collected for line in text.splitlines() if line.strip()]
+    interesting = [line for line in lines if "verifier" not in line and not line.startswith("--")]
     return (interesting or lines or ["no message from libbpf"])[-1]
 
 
@@ -79,7 +79,7 @@ _INSN = re.compile(r"^\d+: \(")
 
 def _verifier_reason(collected: list[tuple[str, str]]) -> str | None:
     """`program X rejected by the verifier: <first complaint after the last instruction>`."""
-    lines = [l for _, t in collected for l in t.splitlines()]
+    lines = [line for _, text in collected for line in text.splitlines()]
     for index, line in enumerate(lines):
         failed = _PROG_FAILED.search(line)
         if not failed:
@@ -89,8 +89,9 @@ def _verifier_reason(collected: list[tuple[str, str]]) -> str | None:
             if "END PROG LOAD LOG" in entry:
                 break
             log.append(entry)
-        last_insn = max((i for i, l in enumerate(log) if _INSN.match(l)), default=-1)
-        complaint = next((l.strip() for l in log[last_insn + 1:] if l.strip() and not l.startswith(";")), failed.group(2))
+        last_insn = max((i for i, line in enumerate(log) if _INSN.match(line)), default=-1)
+        complaints = (line.strip() for line in log[last_insn + 1:] if line.strip() and not line.startswith(";"))
+        complaint = next(complaints, failed.group(2))
         return f"program {failed.group(1)} rejected by the verifier: {complaint}"
     return None
 

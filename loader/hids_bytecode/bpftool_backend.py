@@ -44,7 +44,7 @@ def load_with_bpftool(data: bytes, program: str) -> tuple[Path, list[ProgramRepo
         proc = subprocess.run(argv + (["autoattach"] if autoattach else []), capture_output=True, text=True)
     if proc.returncode != 0:
         unpin(program)
-        lines = [l for l in proc.stderr.splitlines() if l.strip()] or ["no message"]
+        lines = [line for line in proc.stderr.splitlines() if line.strip()] or ["no message"]
         raise BpftoolError(f"bpftool prog loadall failed: {lines[-1].strip()}")
     status = "attached" if autoattach else "loaded, not attached"
     message = "" if autoattach else "this bpftool has no autoattach; use the libbpf backend to attach"

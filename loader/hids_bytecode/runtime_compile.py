@@ -158,7 +158,7 @@ def compile_plan(plan: RuntimePlan, entry: Entry, facts: HostFacts) -> Path:
         for argv in steps:
             proc = subprocess.run(argv, cwd=work, capture_output=True, text=True)
             if proc.returncode != 0:
-                lines = [l for l in proc.stderr.splitlines() if "error" in l] or proc.stderr.splitlines() or ["?"]
+                lines = [line for line in proc.stderr.splitlines() if "error" in line] or proc.stderr.splitlines() or ["?"]
                 raise RuntimeCompileError(f"runtime compile of {entry.program} failed: {lines[0].strip()}")
         fd, temp = tempfile.mkstemp(dir=cache, prefix=".tmp-", suffix=".o")
         with os.fdopen(fd, "wb") as out:
