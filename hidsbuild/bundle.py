@@ -1,0 +1,144 @@
+"""invoke bundle: the loader package and every built object, one reproducible wheel per arch.
+
+Each wheel holds `hids_bytecode/` from loader/, plus `hids_bytecode/data/` with the manifest
+of that arch's units, their objects stored once by content and the stitched sources they were
+compiled from (docs/DESIGN.md, "Wheel"). The same build directories, or the shards of the same
+matrix merged, always give the same bytes. Wheels of earlier bundles for the same platform are
+replaced, so dist/ holds one installable set.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from packaging.utils import canonicalize_name
+from rich.table import Table
+
+from .builddir import Bundle, join, read_build_dir
+from .errors import BundleError
+from .report import console, step
+from .versioning import VERSION, source_hash, wheel_version
+from .wheel import wheel_bytes, write_wheel
+
+__all__ = ["LOADER", "PACKAGE", "platform_tag", "bundle_wheels"]
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADER = ROOT / "loader"
+PACKAGE = "hids_bytecode"
+_TEMPLATES = ROOT / "templates"
+# No compiled extension, but the objects are arch-specific: see docs/DESIGN.md, "Platform tag".
+_MANYLINUX = "manylinux_2_17"
+
+
+def platform_tag(arch: str) -> str:
+    return f"py3-none-{_MANYLINUX}_{arch}"
+
+
+def _project(loader: Path) -> dict[str, Any]:
+    """Distribution metadata from the loader's pyproject.toml, the one place it is declared."""
+    path = loader / "pyproject.toml"
+    try:
+        project = tomllib.loads(path.read_text())["project"]
+        return {"name": project["name"], "summary": project["description"],
+                "requires_python": project["requires-python"], "scripts": sorted(project["scripts"].items())}
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+        raise BundleError(f"{path}: cannot read the distribution metadata ({exc})") from None
+
+
+def _loader_files(loader: Path) -> dict[str, bytes]:
+    """The package's modules, keyed by archive name; data/ is filled from the build instead."""
+    package = loader / PACKAGE
+    files = {f"{PACKAGE}/{p.relative_to(package).as_posix()}": p.read_bytes()
+             for p in package.rglob("*.py") if "__pycache__" not in p.parts and p.relative_to(package).parts[0] != "data"}
+    if f"{PACKAGE}/__init__.py" not in files:
+        raise BundleError(f"{package}: no loader package to bundle")
+    init = ast.parse(files[f"{PACKAGE}/__init__.py"])
+    declared = next((n.value.value for n in init.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                     and any(getattr(t, "id", None) == "__version__" for t in n.targets)), None)
+    if declared != VERSION:
+        raise BundleError(f"{package / '__init__.py'}: __version__ {declared!r} is not hidsbuild.versioning.VERSION {VERSION!r}")
+    return files
+
+
+def _render(env: Environment, template: str, **values: Any) -> bytes:
+    return env.get_template(template).render(**values).encode()
+
+
+def _wheel_files(bundle: Bundle, arch: str, loader_files: dict[str, bytes], project: dict[str, Any],
+                 version: str, identity: str, dist_info: str) -> dict[str, bytes]:
+    entries = bundle.for_arch(arch)
+    manifest = {"schema": 1, "version": version, "source_hash": identity, "arch": arch, "objects": entries}
+    files = dict(loader_files)
+    files[f"{PACKAGE}/data/manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    for entry in entries:
+        for rel in (entry["object"], entry["source"]["path"]):
+            files[f"{PACKAGE}/data/{rel}"] = bundle.files[rel]
+    env = Environment(loader=FileSystemLoader(_TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
+    files[f"{dist_info}/METADATA"] = _render(env, "METADATA.j2", version=version, **project)
+    files[f"{dist_info}/WHEEL"] = _render(env, "WHEEL.j2", generator_version=VERSION, tag=platform_tag(arch))
+    files[f"{dist_info}/entry_points.txt"] = _render(env, "entry_points.txt.j2", scripts=project["scripts"])
+    return files
+
+
+def _size_table(name: str, entries: list[dict[str, Any]], wheel_size: int) -> Table:
+    """Per program: units, distinct objects, their sizes summed per unit and once each; then the wheel."""
+    table = Table(title=name)
+    for column in ("program", "units", "objects", "raw bytes (per unit)", "stored bytes (deduplicated)"):
+        table.add_column(column, justify="left" if column == "program" else "right")
+    by_program: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in entries:
+        by_program[entry["program"]].append(entry)
+    for program, rows in sorted(by_program.items()):
+        distinct = {e["sha256"]: e["size"] for e in rows}
+        table.add_row(program, str(len(rows)), str(len(distinct)), f"{sum(e['size'] for e in rows):,}",
+                      f"{sum(distinct.values()):,}")
+    raw = sum(e["size"] for e in entries)
+    distinct = {e["sha256"]: e["size"] for e in entries}
+    table.add_section()
+    table.add_row("all", str(len(entries)), str(len(distinct)), f"{raw:,}", f"{sum(distinct.values()):,}")
+    table.add_row("[bold]wheel[/]", "", "", "", f"[bold]{wheel_size:,}[/] ({wheel_size / raw:.1%} of raw)")
+    return table
+
+
+def bundle_wheels(sources: list[Path], dist: Path, loader: Path = LOADER) -> list[Path]:
+    """Check and join the build directories, then write one wheel per arch into `dist`.
+
+    Every check runs before the first byte is written; a failure leaves dist/ as it was.
+    """
+    with step(f"check {len(sources)} build dir(s)"):
+        bundle = join([read_build_dir(s) for s in sources])
+    project = _project(loader)
+    loader_files = _loader_files(loader)
+    identity = source_hash(bundle.entries.values(), loader_files)
+    version = wheel_version(identity)
+    dist_name = canonicalize_name(project["name"]).replace("-", "_")
+    dist_info = f"{dist_name}-{version}.dist-info"
+
+    wheels: dict[Path, tuple[str, bytes]] = {}
+    with step(f"assemble {dist_name} {version} for {', '.join(bundle.arches())}"):
+        for arch in bundle.arches():
+            files = _wheel_files(bundle, arch, loader_files, project, version, identity, dist_info)
+            wheels[dist / f"{dist_name}-{version}-{platform_tag(arch)}.whl"] = (arch, wheel_bytes(files, dist_info))
+
+    written: list[Path] = []
+    try:
+        for path, (_, data) in wheels.items():
+            write_wheel(path, data)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    for path, (arch, data) in wheels.items():
+        for stale in dist.glob(f"{dist_name}-*-{platform_tag(arch)}.whl"):
+            if stale != path:
+                stale.unlink()
+                console.print(f"  replaced {stale.name}")
+        console.print(_size_table(path.name, bundle.for_arch(arch), len(data)))
+    return list(wheels)
