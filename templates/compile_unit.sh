@@ -16,4 +16,5 @@ status=0
 } 2> "$out/stderr" || status=$?
 end=$(date +%s%N)
 rm -f "$out/unit.bc" "$out/unit.o.tmp"
-echo "$status $((end - start))" > "$out/result"
+# The host polls for `result`: rename it into place so it is never seen half-written.
+echo "$status $((end - start))" > "$out/result.tmp" && mv "$out/result.tmp" "$out/result"
