@@ -1,0 +1,157 @@
+"""Runs inside the verification VM, never on the build host: for every object built for the running
+kernel, select it through the shipped loader, load it, attach it, trigger events and read them back.
+
+Only the standard library and the installed `hids_bytecode` package are available here. The result
+is one JSON document printed between markers on the serial console, which `vm.py` cuts out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from typing import Any
+
+from hids_bytecode import libbpf as lb
+from hids_bytecode.attach import attach_all, open_and_load, write_agent_tgid
+from hids_bytecode.btf_layout import schema_from_btf
+from hids_bytecode.errors import HidsError
+from hids_bytecode.events import iter_events
+from hids_bytecode.hostinfo import gather
+from hids_bytecode.integrity import read_verified
+from hids_bytecode.kallsyms import WrapperFact
+from hids_bytecode.manifest import load_manifest
+from hids_bytecode.mounts import ensure_bpf_filesystems
+from hids_bytecode.selection import select
+
+BEGIN, END = "===HIDS-VERIFY-BEGIN===", "===HIDS-VERIFY-END==="
+EVENT_WAIT_S = 20.0
+NO_OLD_KPROBES = ("non-wrapper syscall kprobes (sys_*) exist only on kernels older than 4.17, which Debian's "
+                  "archive no longer serves; this variant's tracepoint alternatives attached instead")
+
+
+def _variant_facts(facts: Any, wrapper: bool) -> Any:
+    """Host facts with the syscall wrapper overridden, so every variant can be selected here."""
+    fake = WrapperFact(wrapper, facts.wrapper.prefix, "override by hids verify", 0, False)
+    return dataclasses.replace(facts, wrapper=fake)
+
+
+def _trigger(port: int) -> int:
+    """A child process (the agent's own tgid is filtered in-kernel) that execs, opens and connects."""
+    code = ("import socket; open('/etc/hostname').read(); "
+            f"socket.create_connection(('127.0.0.1', {port}), timeout=5).close()")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    child.wait(timeout=60)
+    return child.pid
+
+
+def _read_events(loaded: Any, schema: Any, child: int) -> dict[str, int]:
+    """Events of the trigger child by kind, read until every kind the object declares was seen."""
+    wanted = {layout.name for layout in schema.events.values()}
+    seen: dict[str, int] = {}
+    done = threading.Event()
+
+    def pump() -> None:
+        counters = loaded.map_fd("counters") if "counters" in loaded.maps else None
+        for event in iter_events(loaded.lib, loaded.map_fd("events"), schema, counters):
+            if event.get("hdr", {}).get("tgid") == child:
+                seen[event["event"]] = seen.get(event["event"], 0) + 1
+            if wanted <= set(seen) or done.is_set():
+                return
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    thread.join(EVENT_WAIT_S)
+    done.set()
+    return dict(seen)
+
+
+def _check(entry: Any, facts: Any, listener: socket.socket) -> dict[str, Any]:
+    row: dict[str, Any] = {"unit": entry.unit, "program": entry.program, "variant": entry.raw["variant"],
+                           "select": "fail", "load": "not run", "attach": "not run", "event": "not run",
+                           "programs": [], "events": {}, "error": "", "verifier_log": ""}
+    try:
+        choice = select(load_manifest(), _variant_facts(facts, entry.wrapper), entry.program,
+                        debug=entry.debug, strict=True)
+    except HidsError as exc:
+        row["error"] = f"selection: {exc}"
+        return row
+    if choice.entry.unit != entry.unit:
+        row["error"] = f"selection picked {choice.entry.unit}"
+        return row
+    row["select"] = "ok"
+    lib = lb.get()
+    with lb.capture() as log:
+        try:
+            loaded = open_and_load(lib, read_verified(entry.object_path, entry.sha256), entry.unit)
+        except HidsError as exc:
+            loaded = None
+            row.update(load="fail", error=str(exc))
+    if loaded is None:
+        row["verifier_log"] = "\n".join(text for _, text in log)
+        return row
+    row["load"] = "ok"
+    try:
+        write_agent_tgid(loaded)
+        try:
+            reports = attach_all(loaded)
+        except HidsError as exc:
+            row.update(attach="fail", error=str(exc))
+            reports = loaded.reports
+        row["programs"] = [_program_row(r, entry.wrapper) for r in reports]
+        if row["attach"] != "fail":
+            failed = [p for p in row["programs"] if p["status"] == "failed"]
+            row["attach"] = "fail" if failed else "ok"
+            if failed:
+                row["error"] = f"{failed[0]['program']}: {failed[0]['message']}"
+        if loaded.links:
+            schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
+            child = _trigger(listener.getsockname()[1])
+            row["events"] = _read_events(loaded, schema, child)
+            missing = sorted({layout.name for layout in schema.events.values()} - set(row["events"]))
+            row["event"] = "ok" if row["events"] else "fail"
+            if missing:
+                row["events_missing"] = missing
+            if not row["events"] and not row["error"]:
+                row["error"] = f"no event of the trigger process within {EVENT_WAIT_S:.0f}s"
+    finally:
+        loaded.close()
+    return row
+
+
+def _program_row(report: Any, wrapper: bool) -> dict[str, str]:
+    status, message = report.status, report.message
+    if not wrapper and report.family == "kprobe" and status != "attached":
+        status, message = "n/a", NO_OLD_KPROBES
+    return {"program": report.name, "section": report.section, "status": status, "message": message}
+
+
+def main() -> int:
+    doc: dict[str, Any] = {"uname": os.uname().release, "machine": os.uname().machine, "rows": [], "error": ""}
+    try:
+        ensure_bpf_filesystems()
+        facts = gather()
+        manifest = load_manifest()
+        doc["btf"] = facts.btf
+        entries = [e for e in manifest.entries
+                   if e.kind == "exact" and e.release == facts.release and e.arch == facts.arch]
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        for entry in sorted(entries, key=lambda e: e.unit):
+            print(f"hids-verify: {entry.unit}", file=sys.stderr, flush=True)
+            doc["rows"].append(_check(entry, facts, listener))
+    except Exception as exc:  # the host must always get a document, whatever broke in here
+        doc["error"] = f"{type(exc).__name__}: {exc}"
+        doc["traceback"] = traceback.format_exc()
+    print(BEGIN, json.dumps(doc, sort_keys=True), END, sep="\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""One boot of a kernel under qemu's TCG (KVM is present on the build host but unusable), with the
+serial console captured and the guest's JSON result cut out of it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Boot", "qemu_command", "boot", "BEGIN", "END"]
+
+BEGIN, END = "===HIDS-VERIFY-BEGIN===", "===HIDS-VERIFY-END==="
+_APPEND = "console={console} rdinit=/init panic=-1 quiet"
+# Machine and console per arch: arm64's virt board has a PL011 UART, not an 8250.
+_MACHINES = {
+    "x86_64": (["qemu-system-x86_64", "-M", "q35", "-cpu", "max"], "ttyS0"),
+    "aarch64": (["qemu-system-aarch64", "-M", "virt", "-cpu", "max"], "ttyAMA0"),
+}
+
+
+@dataclass(frozen=True)
+class Boot:
+    result: dict[str, Any] | None  # the guest's document, None when it never printed one
+    console: str
+    timed_out: bool
+    seconds: float
+
+    @property
+    def problem(self) -> str:
+        """Why no result came back, from the tail of the console."""
+        if self.result is not None:
+            return ""
+        tail = " | ".join(line.strip() for line in self.console.strip().splitlines()[-4:]) or "no console output"
+        return (f"no result within the {self.seconds:.0f}s timeout" if self.timed_out else "guest stopped without a result") + f": {tail}"
+
+
+def qemu_command(arch: str, vmlinuz: Path, initrd: Path, memory_mb: int = 1024, cpus: int = 2) -> list[str]:
+    machine, console = _MACHINES[arch]
+    return [*machine, "-accel", "tcg", "-smp", str(cpus), "-m", str(memory_mb), "-kernel", str(vmlinuz),
+            "-initrd", str(initrd), "-append", _APPEND.format(console=console), "-nographic", "-no-reboot",
+            "-nodefaults", "-serial", "stdio", "-monitor", "none"]
+
+
+def boot(arch: str, vmlinuz: Path, initrd: Path, timeout: float) -> Boot:
+    """Boot, wait for power-off or the timeout (then kill qemu), and parse the result."""
+    start = time.monotonic()
+    proc = subprocess.Popen(qemu_command(arch, vmlinuz, initrd), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    timed_out = False
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        timed_out = True
+    console = out.decode(errors="replace").replace("\r\n", "\n")
+    return Boot(_result(console), console, timed_out, time.monotonic() - start)
+
+
+def _result(console: str) -> dict[str, Any] | None:
+    begin = console.rfind(BEGIN)
+    end = console.find(END, begin)
+    if begin < 0 or end < 0:
+        return None
+    try:
+        return json.loads(console[begin + len(BEGIN):end])
+    except json.JSONDecodeError:
+        return None
