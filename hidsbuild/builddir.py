@@ -17,7 +17,7 @@ from typing import Any
 from .errors import BundleError
 from .kernels import ARCHES
 
-__all__ = ["BuildDir", "Bundle", "read_build_dir", "join"]
+__all__ = ["BuildDir", "Bundle", "join", "read_build_dir"]
 
 _ENTRY_KEYS = ("unit", "program", "kind", "kernel", "variant", "object", "sha256", "size", "programs", "maps",
                "toolchain", "source")

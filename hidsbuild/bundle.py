@@ -26,7 +26,7 @@ from .report import console, step
 from .versioning import VERSION, source_hash, wheel_version
 from .wheel import wheel_bytes, write_wheel
 
-__all__ = ["LOADER", "PACKAGE", "platform_tag", "bundle_wheels"]
+__all__ = ["LOADER", "PACKAGE", "bundle_wheels", "platform_tag"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADER = ROOT / "loader"

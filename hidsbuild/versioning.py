@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["VERSION", "IDENTITY_HEX", "source_hash", "wheel_version"]
+__all__ = ["IDENTITY_HEX", "VERSION", "source_hash", "wheel_version"]
 
 VERSION = "0.1.0"
 IDENTITY_HEX = 12

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["DEFAULT_EPOCH", "zip_timestamp", "record_line", "wheel_bytes", "write_wheel"]
+__all__ = ["DEFAULT_EPOCH", "record_line", "wheel_bytes", "write_wheel", "zip_timestamp"]
 
 # 2024-01-01T00:00:00Z: any fixed instant works; it only has to be inside the zip date range.
 DEFAULT_EPOCH = 1704067200
