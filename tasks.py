@@ -132,6 +132,27 @@ def bench(c, matrix=str(DEFAULT_MATRIX), cache_dir=str(DEFAULT_CACHE), dist=str(
               [int(n) for n in scaling.split(",") if n], set(only.split(",")))
 
 
+@task(
+    help={
+        "matrix": "kernels.yaml whose kernels to boot (default: the repository's)",
+        "dist": "where the wheels are read and verify.json / verify.txt are written (default: dist/)",
+        "cache_dir": "kernel images, guest initramfs and apt state (default: .cache/)",
+        "kernel": "verify only this kernel release (repeatable; default: every kernel of the matrix)",
+        "timeout": "seconds one VM may run before it is reported as not booting (default: 300)",
+        "wheel": "verify this wheel instead of the newest per arch in dist/ (repeatable, one per arch)",
+    },
+    iterable=["kernel", "wheel"],
+)
+@_reported
+def verify(c, matrix=str(DEFAULT_MATRIX), dist=str(DEFAULT_DIST), cache_dir=str(DEFAULT_CACHE), kernel=None,
+           timeout=300, wheel=None):
+    """Boot each kernel under qemu (TCG) with the wheel inside; prove every object loads, attaches and reports events."""
+    from hidsbuild.verify.run import VerifyOptions, run_verify
+
+    run_verify(VerifyOptions(Path(matrix), Path(dist), Path(cache_dir), tuple(kernel or ()), float(timeout),
+                             tuple(Path(w) for w in wheel or ())))
+
+
 kernels = Collection("kernels")
 kernels.add_task(discover)
 
@@ -139,4 +160,5 @@ ns = Collection()
 ns.add_task(build_all)
 ns.add_task(bundle)
 ns.add_task(bench)
+ns.add_task(verify)
 ns.add_collection(kernels)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -31,6 +32,7 @@ from hids_bytecode.selection import select
 
 BEGIN, END = "===HIDS-VERIFY-BEGIN===", "===HIDS-VERIFY-END==="
 EVENT_WAIT_S = 20.0
+QUIET_S = 1.5
 NO_OLD_KPROBES = ("non-wrapper syscall kprobes (sys_*) exist only on kernels older than 4.17, which Debian's "
                   "archive no longer serves; this variant's tracepoint alternatives attached instead")
 
@@ -51,23 +53,26 @@ def _trigger(port: int) -> int:
 
 
 def _read_events(loaded: Any, schema: Any, child: int) -> dict[str, int]:
-    """Events of the trigger child by kind, read until every kind the object declares was seen."""
+    """Events of the trigger child by kind: read until every kind the object declares was seen, or
+    the stream went quiet after the first ones (an object need not emit every declared kind)."""
     wanted = {layout.name for layout in schema.events.values()}
     seen: dict[str, int] = {}
-    done = threading.Event()
 
     def pump() -> None:
         counters = loaded.map_fd("counters") if "counters" in loaded.maps else None
         for event in iter_events(loaded.lib, loaded.map_fd("events"), schema, counters):
             if event.get("hdr", {}).get("tgid") == child:
                 seen[event["event"]] = seen.get(event["event"], 0) + 1
-            if wanted <= set(seen) or done.is_set():
-                return
 
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    thread.join(EVENT_WAIT_S)
-    done.set()
+    threading.Thread(target=pump, daemon=True).start()
+    deadline, quiet_since, last = time.monotonic() + EVENT_WAIT_S, time.monotonic(), 0
+    while time.monotonic() < deadline and not wanted <= set(seen):
+        time.sleep(0.2)
+        total = sum(seen.values())
+        if total != last:
+            quiet_since, last = time.monotonic(), total
+        elif total and time.monotonic() - quiet_since > QUIET_S:
+            break
     return dict(seen)
 
 

@@ -1,0 +1,102 @@
+"""The verification matrix, kernel x object x variant -> select / load / attach / event: the
+per-kernel results, dist/verify.json, and the table shown on the console and saved as dist/verify.txt."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..kernels import Kernel
+
+__all__ = ["KernelResult", "failures", "write_json", "render_table", "write_text"]
+
+_OK = {"ok", "n/a"}
+
+
+@dataclass
+class KernelResult:
+    release: str
+    arch: str
+    suite: str
+    version: str
+    status: str = "ok"  # ok | failed | no image | no wheel | boot failed
+    reason: str = ""
+    uname: str = ""
+    boot_seconds: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, kernel: Kernel) -> "KernelResult":
+        return cls(kernel.release, kernel.arch, kernel.suite, kernel.version)
+
+    def row_failed(self, row: dict[str, Any]) -> bool:
+        return any(row[k] not in _OK for k in ("select", "load", "attach", "event"))
+
+    def settle(self) -> None:
+        """Set the kernel's status from its rows once they are all in."""
+        if self.status == "ok" and any(self.row_failed(r) for r in self.rows):
+            self.status = "failed"
+            bad = sum(self.row_failed(r) for r in self.rows)
+            self.reason = self.reason or f"{bad} of {len(self.rows)} object(s) failed"
+
+
+def failures(results: list[KernelResult]) -> list[KernelResult]:
+    return [r for r in results if r.status != "ok"]
+
+
+def write_json(results: list[KernelResult], path: Path) -> None:
+    doc = {"ok": not failures(results), "kernels": [asdict(r) for r in results]}
+    _atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def _cell(value: str) -> str:
+    colour = {"ok": "green", "n/a": "yellow", "not run": "dim"}.get(value, "red")
+    return f"[{colour}]{value}[/]"
+
+
+def render_table(results: list[KernelResult]) -> Table:
+    table = Table(title="verify: each object in its own kernel's VM (select, verifier load, attach, event read back)")
+    for name in ("kernel", "guest uname -r", "object / variant", "select", "load", "attach", "event", "note"):
+        table.add_column(name, overflow="fold")
+    for result in results:
+        if not result.rows:
+            table.add_row(result.release, result.uname or "-", "-", "-", "-", "-", "-",
+                          f"[red]{result.status}[/]: {result.reason}" if result.status != "ok" else "no objects for this kernel")
+            continue
+        for row in result.rows:
+            note = row.get("error") or _na_note(row) or ", ".join(f"{k} {v}" for k, v in sorted(row["events"].items()))
+            table.add_row(result.release, result.uname, row["unit"].split("/", 1)[0] + " " + row["unit"].rsplit("/", 1)[-1],
+                          *(_cell(row[k]) for k in ("select", "load", "attach", "event")), note)
+    return table
+
+
+def _na_note(row: dict[str, Any]) -> str:
+    na = [p for p in row.get("programs", []) if p["status"] == "n/a"]
+    return f"kprobe attach n/a ({len(na)} programs): {na[0]['message']}" if na else ""
+
+
+def write_text(results: list[KernelResult], path: Path) -> None:
+    """The table plus the verifier log of every failed load, as plain text."""
+    with open(os.devnull, "w") as sink:
+        console = Console(record=True, width=200, file=sink, color_system=None)
+        console.print(render_table(results))
+        for result in failures(results):
+            console.print(f"\n{result.release}: {result.status}: {result.reason}", markup=False)
+            for row in (r for r in result.rows if result.row_failed(r)):
+                console.print(f"--- {row['unit']}: {row['error']}", markup=False)
+                if row.get("verifier_log"):
+                    console.print(row["verifier_log"], markup=False, highlight=False)
+    _atomic_write(path, console.export_text())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
