@@ -54,18 +54,29 @@ def _find_clang() -> Path | None:
     return max(versioned)[1] if versioned else None
 
 
-def _header_trees(release: str, usr_src: Path = Path("/usr/src")) -> tuple[Path, Path] | None:
+def _header_trees(release: str, header_dirs: tuple[Path, ...]) -> tuple[Path, Path] | None:
     """(common, flavour) trees of the running kernel; a single tree serves as both off Debian."""
     flavour = None
-    for candidate in (Path(f"/lib/modules/{release}/build"), usr_src / f"linux-headers-{release}"):
+    for candidate in (Path(f"/lib/modules/{release}/build"), *(d / f"linux-headers-{release}" for d in header_dirs)):
         if (candidate / "include").is_dir():
             flavour = candidate.resolve()
             break
     if flavour is None:
         return None
-    commons = [p for p in flavour.parent.glob("linux-headers-*-common") if release.startswith(p.name[14:-7])]
+    commons = [p for d in {flavour.parent, *header_dirs} for p in d.glob("linux-headers-*-common")
+               if release.startswith(p.name[len("linux-headers-"):-len("-common")] + "-")]
     common = max(commons, key=lambda p: len(p.name)) if commons else flavour
     return common, flavour
+
+
+def _debug_path_maps(*trees: Path) -> list[str]:
+    """Headers unpacked somewhere other than /usr/src still get /usr/src/... in the object's line
+    info, as the pipeline's objects have, so the bytes can match."""
+    maps = []
+    for tree in trees:
+        if tree.parent.name == "src" and tree.parent.parent.name == "usr" and tree.parent.parent.parent != Path("/"):
+            maps.append(f"-fdebug-prefix-map={tree.parent.parent.parent}=")
+    return sorted(set(maps))
 
 
 def _rewrite(flags: list[str], common: Path, flavour: Path, clang_include: str, facts: HostFacts,
@@ -89,20 +100,22 @@ def _rewrite(flags: list[str], common: Path, flavour: Path, clang_include: str, 
     return [*out, source_name]
 
 
-def plan_runtime_compile(entry: Entry, facts: HostFacts, debug: bool | None = None) -> RuntimePlan:
-    """Whether this host can compile `entry`'s source, and with which arguments."""
+def plan_runtime_compile(entry: Entry, facts: HostFacts, debug: bool | None = None,
+                         header_dirs: tuple[Path, ...] = (Path("/usr/src"),)) -> RuntimePlan:
+    """Whether this host can compile `entry`'s source, and with which arguments; kernel headers are
+    looked for in /lib/modules/<release>/build, then in `header_dirs`."""
     source = entry.source_path
     if source is None or not source.is_file():
         return RuntimePlan(False, f"stitched source {source} is not in the data directory")
     clang = _find_clang()
     if clang is None:
         return RuntimePlan(False, "no clang on PATH (install clang to compile on this host)")
-    trees = _header_trees(facts.release)
+    trees = _header_trees(facts.release, header_dirs)
     if trees is None:
-        return RuntimePlan(False, f"no kernel headers for {facts.release} in /lib/modules/{facts.release}/build "
-                                  f"or /usr/src/linux-headers-{facts.release}")
+        tried = ", ".join(str(d / f"linux-headers-{facts.release}") for d in header_dirs)
+        return RuntimePlan(False, f"no kernel headers for {facts.release} in /lib/modules/{facts.release}/build or {tried}")
     include = subprocess.run([str(clang), "-print-file-name=include"], capture_output=True, text=True).stdout.strip()
-    args = _rewrite(entry.cflags, trees[0], trees[1], include, facts, f"{entry.program}.c")
+    args = _debug_path_maps(*trees) + _rewrite(entry.cflags, trees[0], trees[1], include, facts, f"{entry.program}.c")
     if debug is not None:
         args = [f"-DDEBUG={int(debug)}" if a.startswith("-DDEBUG=") else a for a in args]
     return RuntimePlan(True, f"compile {source.name} with {clang} against {trees[1]}", clang, trees[0], trees[1],
