@@ -65,7 +65,9 @@ def build_all(c, matrix=str(DEFAULT_MATRIX), build_dir=str(DEFAULT_BUILD), dist=
     """Compile every program x kernel x variant in the toolchain container, validate, and bundle the wheel."""
     from hidsbuild.pipeline import BuildOptions, build_all as run
 
-    run(BuildOptions(Path(matrix), Path(build_dir), Path(cache_dir), _parse_shard(shard), jobs or None))
+    # docker takes a relative bind-mount source for a named volume: hand it absolute paths.
+    run(BuildOptions(Path(matrix).resolve(), Path(build_dir).resolve(), Path(cache_dir).resolve(),
+                     _parse_shard(shard), jobs or None))
     if not (shard or no_bundle):
         bundle(c, build_dir=build_dir, dist=dist)
 
