@@ -20,7 +20,11 @@ pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
 from conftest_loader import ROOT  # puts loader/ on sys.path
-from hids_bytecode import api
+from hids_bytecode import api, libbpf
+from hids_bytecode.btf_layout import schema_from_object_file
+from hids_bytecode.events import read_counters
+from hids_bytecode.manifest import load_manifest
+from hids_bytecode.mounts import ensure_mounted
 from hids_bytecode.pins import PIN_ENV
 
 _KPROBES = Path("/sys/bus/event_source/devices/kprobe").exists()
@@ -135,3 +139,33 @@ def test_bpftool_backend_loads_and_pins(env: dict[str, str]) -> None:
     finally:
         assert cli(env, "unload", "mini").returncode == 0
     assert not pins.exists()
+
+
+@pytest.mark.parametrize("fstype", ["bpf", "tracefs"])
+def test_missing_filesystems_are_mounted(tmp_path: Path, fstype: str) -> None:
+    target = tmp_path / fstype
+    assert ensure_mounted(target, fstype) is True
+    try:
+        assert ensure_mounted(target, fstype) is False  # already there: left alone
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        assert any(line.split()[1:3] == [str(target), fstype] for line in mounts)
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_counters_count_what_was_emitted(env: dict[str, str], tmp_path: Path) -> None:
+    assert cli(env, "load", "mini").returncode == 0
+    try:
+        subprocess.run(["/bin/cat", "/dev/null"], check=True)
+        lib = libbpf.get()
+        entry = next(e for e in load_manifest().entries if e.program == "mini")
+        fd = lib.bpf_obj_get(str(Path(env[PIN_ENV]) / "mini" / "maps" / "counters").encode())
+        assert fd >= 0
+        try:
+            counts = read_counters(lib, fd, schema_from_object_file(lib, entry.object_path))
+        finally:
+            os.close(fd)
+        assert counts["exec"]["emitted"] >= 1 and counts["open"]["emitted"] >= 1
+        assert set(counts["exec"]) == {"emitted", "dropped"}
+    finally:
+        assert cli(env, "unload", "mini").returncode == 0
