@@ -17,9 +17,10 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT  # puts loader/ on sys.path
+from conftest_loader import ROOT, clone_data  # puts loader/ on sys.path
 from hids_bytecode import api, libbpf
 from hids_bytecode.attach import open_and_load
+from hids_bytecode.errors import IntegrityError
 from hids_bytecode.hostinfo import gather
 from hids_bytecode.manifest import load_manifest
 from hids_bytecode.pins import PIN_ENV
@@ -78,6 +79,16 @@ def test_runtime_compile_builds_caches_and_loads(loader_data: Path, tmp_path: Pa
         assert set(loaded.programs) == {"exec__kprobe", "exec__tracepoint", "open__tracepoint"}
     finally:
         loaded.close()
+
+
+def test_runtime_compile_refuses_a_tampered_source(loader_data: Path, tmp_path: Path) -> None:
+    data = clone_data(loader_data, tmp_path / "data")
+    entry = next(e for e in load_manifest(data).entries if e.kind == "core")
+    assert entry.source_path is not None
+    entry.source_path.write_text(entry.source_path.read_text() + "\n/* changed */\n")
+    plan = RuntimePlan(True, "test", Path(shutil.which("true") or "/bin/true"), args=("mini.c",))
+    with pytest.raises(IntegrityError, match="source .* has sha256"):
+        compile_plan(plan, entry, gather())
 
 
 def test_project_bpf_programs_load_and_attach(bpf_data: tuple[Path, list[str]], tmp_path: Path,

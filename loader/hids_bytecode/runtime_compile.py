@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import RuntimeCompileError
 from .hostinfo import HostFacts
+from .integrity import read_verified
 from .manifest import Entry
 
 __all__ = ["RuntimePlan", "plan_runtime_compile", "compile_plan", "CACHE_DIR", "CACHE_ENV"]
@@ -145,7 +146,7 @@ def compile_plan(plan: RuntimePlan, entry: Entry, facts: HostFacts) -> Path:
     assert plan.ready and plan.clang is not None
     source = entry.source_path
     assert source is not None
-    text = source.read_bytes()
+    text = read_verified(source, entry.raw["source"]["sha256"], "source")
     clang_version = _clang_version(plan.clang)
     key = hashlib.sha256(json.dumps({
         "source": hashlib.sha256(text).hexdigest(), "release": facts.release,
