@@ -50,7 +50,7 @@ def compile_core(source: Path, workdir: Path, *defines: str) -> bytes:
         dump = subprocess.run([_tool("bpftool"), "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
                               check=True, capture_output=True)
         vmlinux.write_bytes(dump.stdout)
-    obj = workdir / (source.name.split(".")[0] + "".join(defines) + ".o")
+    obj = workdir / f"{source.name.split('.')[0]}-{hashlib.sha256(repr(defines).encode()).hexdigest()[:12]}.o"
     arch = "arm64" if os.uname().machine == "aarch64" else "x86"
     subprocess.run([_tool("clang", "clang-19"), "-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-DHIDS_CORE=1",
                     f"-I{workdir}", *defines, "-DUSE_SYSCALL_WRAPPER=1", "-DDEBUG=0", "-O2", "-g", "-c", str(source),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,14 @@ def test_decoded_events_follow_the_conventions(mini_object: Path) -> None:
     assert schema.decode(struct.pack("=I", 99)) == {"event": "unknown", "type": 99, "size": 4}
 
 
+def test_argv_with_a_length_becomes_a_list(mini_object: Path) -> None:
+    schema = schema_from_object_file(libbpf.get(), mini_object)
+    hdr = struct.pack("@IIQIIIIIQ16s", 1, 0, 1, 2, 2, 1, 0, 0, 7, b"sh")
+    argv = b"ls\0-l\0/tmp\0"
+    event = schema.decode(hdr + struct.pack("@II128s64s", 3, len(argv), b"/bin/ls", argv + b"junk"))
+    assert (event["filename"], event["argc"], event["argv"]) == ("/bin/ls", 3, ["ls", "-l", "/tmp"])
+
+
 def test_fast_and_general_decoders_agree(mini_object: Path) -> None:
     lib = libbpf.get()
     btf = lib.btf__parse_elf(str(mini_object).encode(), None)
@@ -50,7 +59,10 @@ def test_fast_and_general_decoders_agree(mini_object: Path) -> None:
         for name in ("hids_ev_exec", "hids_ev_open", "hids_ev_connect", "hids_hdr", "hids_counter"):
             type_id = view.find(_STRUCT, name)
             size = view.size(type_id)
-            blob = bytes((i * 37 + 11) % 256 for i in range(size))
+            blob = bytearray((i * 37 + 11) % 256 for i in range(size))
+            if name == "hids_ev_exec":
+                blob[68:72] = (20).to_bytes(4, sys.byteorder)  # argv_len inside argv
+            blob = bytes(blob)
             fast = view.fast_decoder(type_id)
             assert fast is not None and fast(blob) == view.decoder(type_id)(blob), name
     finally:

@@ -3,7 +3,9 @@ bpf_object__btf, btf__type_by_id, btf__name_by_offset): no struct layout is ever
 
 Conventions (docs/DESIGN.md): `enum hids_event_type` value HIDS_EV_<NAME> has payload
 `struct hids_ev_<name>`, whose first member is `struct hids_hdr hdr` starting with `type`. char
-arrays become strings; members named `*addr` next to a `*family` member become IP strings.
+arrays become strings, except a char array `X` with a sibling `X_len`, which holds NUL-separated
+strings in its first X_len bytes (argv) and becomes a list; members named `*addr` next to a
+`*family` member become IP strings.
 """
 
 from __future__ import annotations
@@ -100,7 +102,10 @@ class _Btf:
             ekind, _, _, _, ename, _ = self.type(elem)
             esize = self.size(elem)
             if ekind == _INT and esize == 1 and ename == "char":
-                return lambda b: b[:arr.nelems].split(b"\0", 1)[0].decode(errors="replace")
+                def c_string(b: bytes) -> str:
+                    return _c_string(b[:arr.nelems])
+                c_string.is_c_string = True  # type: ignore[attr-defined]
+                return c_string
             if ekind == _INT and esize == 1:
                 return lambda b: b[:arr.nelems].hex()
             inner = self.decoder(elem)
@@ -117,6 +122,8 @@ class _Btf:
             fields.append((self.name(m.name_off), bit_off, bit_size, self.size(m.type), self.decoder(m.type)))
         families = [n for n, *_ in fields if n.endswith("family")]
         addresses = [n for n, *_ in fields if n.endswith("addr")] if families else []
+        names = {n for n, *_ in fields}
+        string_lists = [n for n, _, _, _, dec in fields if getattr(dec, "is_c_string", False) and f"{n}_len" in names]
 
         def decode(b: bytes) -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -133,6 +140,8 @@ class _Btf:
                 family = out.get(families[0])
                 for name in addresses:
                     out[name] = _ip(family, raw.get(name, b""), out[name])
+            for name in string_lists:
+                out[name] = _strings(raw[name], out.get(f"{name}_len"))
             return out
 
         return decode
@@ -161,8 +170,14 @@ class _Btf:
             for i in range(1, width):
                 parent, key = containers[i]
                 dicts[parent][key] = dicts[i]
+            lists = []
             for (index, key, post), value in zip(plan, layout.unpack_from(b)):
+                if isinstance(post, _ListOfStrings):
+                    lists.append((dicts[index], key, post.length_key, value))
+                    continue
                 dicts[index][key] = post(value) if post else value
+            for d, key, length_key, raw in lists:
+                d[key] = _strings(raw, d.get(length_key))
             for index, family_key, addr_keys in ip_fixups:
                 d = dicts[index]
                 for key in addr_keys:
@@ -214,6 +229,9 @@ class _Btf:
         families = [n for n in names if n.endswith("family")]
         if families:
             ip_fixups.append((container, families[0], [n for n in names if n.endswith("addr")]))
+        for index, (offset, code, size, (owner, name), post) in enumerate(fields):
+            if owner == container and post is _c_string and f"{name}_len" in names:
+                fields[index] = (offset, code, size, (owner, name), _ListOfStrings(f"{name}_len"))
         return True
 
 
@@ -223,6 +241,18 @@ _INT_CODES = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h", 
 
 def _c_string(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+class _ListOfStrings:
+    """Marks a char array with a `<name>_len` sibling: NUL-separated strings in its first _len bytes."""
+
+    def __init__(self, length_key: str) -> None:
+        self.length_key = length_key
+
+
+def _strings(raw: bytes, length: Any) -> list[str]:
+    used = raw[:length] if isinstance(length, int) else raw
+    return [part.decode(errors="replace") for part in used.rstrip(b"\0").split(b"\0")] if used.strip(b"\0") else []
 
 
 def _as_bytes(value: Any) -> bytes:

@@ -28,6 +28,7 @@ RINGBUF_SAMPLE_FN = _c.CFUNCTYPE(_int, _vp, _vp, _sz)
 PERF_SAMPLE_FN = _c.CFUNCTYPE(None, _vp, _int, _vp, _c.c_uint32)
 PERF_LOST_FN = _c.CFUNCTYPE(None, _vp, _int, _c.c_uint64)
 _LEVELS = {0: "warn", 1: "info", 2: "debug"}
+_PRINT_BUF_SIZE = 16 << 20
 
 
 class BTF_TYPE(_c.Structure):
@@ -107,7 +108,13 @@ class Libbpf:
         libc = _c.CDLL(ctypes.util.find_library("c"), use_errno=True)
         self._vsnprintf = libc.vsnprintf
         self._vsnprintf.restype = _int
-        self._vsnprintf.argtypes = [_c.c_char_p, _sz, _cp, _vp]
+        self._vsnprintf.argtypes = [_vp, _sz, _cp, _vp]
+        # A va_list can be formatted once only, and libbpf prints a whole verifier log (up to its
+        # 16 MiB log buffer) in one message whose end holds the complaint: format into one buffer
+        # that large, from malloc so only the pages written become resident.
+        libc.malloc.restype = _vp
+        libc.malloc.argtypes = [_sz]
+        self._print_buf = libc.malloc(_PRINT_BUF_SIZE)
         for name, (restype, argtypes) in _SIGNATURES.items():
             try:
                 fn = getattr(self.lib, name)
@@ -120,9 +127,9 @@ class Libbpf:
         self.libbpf_set_print(self._print_cb)
 
     def _on_print(self, level: int, fmt: bytes, args: int) -> int:
-        buf = _c.create_string_buffer(4096)
-        self._vsnprintf(buf, len(buf), fmt, args)
-        text = buf.value.decode(errors="replace").rstrip("\n")
+        written = self._vsnprintf(self._print_buf, _PRINT_BUF_SIZE, fmt, args)
+        raw = _c.string_at(self._print_buf, max(0, min(written, _PRINT_BUF_SIZE - 1)))
+        text = raw.decode(errors="replace").rstrip("\n")
         _messages.append((_LEVELS.get(level, str(level)), text))
         if _echo:
             print(text, file=sys.stderr)

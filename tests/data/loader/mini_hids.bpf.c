@@ -43,7 +43,10 @@ struct hids_hdr {
 
 struct hids_ev_exec {
 	struct hids_hdr hdr;
+	__u32 argc;
+	__u32 argv_len; /* bytes of argv used, NULs included */
 	char filename[128];
+	char argv[64]; /* NUL-separated arguments (left empty by this probe) */
 };
 
 struct hids_ev_open {
@@ -91,7 +94,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, char[256]);
+	__type(value, char[512]);
 } scratch SEC(".maps");
 
 static __attribute__((always_inline)) void *reserve(__u64 size)
@@ -184,6 +187,9 @@ static __attribute__((always_inline)) int emit_exec(void *ctx, const char *filen
 		return 0;
 	}
 	fill_hdr(&ev->hdr, HIDS_EV_EXEC);
+	ev->argc = 0;
+	ev->argv_len = 0;
+	ev->argv[0] = 0;
 	bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), filename);
 	submit(ctx, ev, sizeof(*ev));
 	count(HIDS_EV_EXEC, 0);
