@@ -15,7 +15,6 @@
 /* hdr.flags */
 #define HIDS_F_TRUNCATED (1U << 0)   /* a string field (path, argv, name) was cut to its buffer */
 #define HIDS_F_READ_FAILED (1U << 1) /* a user or kernel read failed; that field is empty/zero */
-#define HIDS_F_NOT_SOCKET (1U << 2)  /* the fd of a network event did not resolve to a socket */
 
 enum hids_event_type {
 	HIDS_EV_EXEC = 1,
