@@ -26,12 +26,23 @@ MINI_SOURCE = LOADER_DATA / "mini_hids.bpf.c"
 PROGRAM = "mini"
 
 
-def _tool(*names: str) -> str:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip(f"none of {', '.join(names)} installed")
+def _llvm_tool(name: str) -> str:
+    """`name` from the LLVM of the newest clang-N (plain `llc` may be an older LLVM than clang)."""
+    clangs = sorted((int(p.name[6:]), p) for d in os.environ["PATH"].split(os.pathsep)
+                    for p in Path(d or ".").glob("clang-[0-9]*") if p.name[6:].isdigit())
+    if not clangs:
+        pytest.skip("no clang-N installed")
+    tool = clangs[-1][1].resolve().parent / name
+    if not tool.exists():
+        pytest.skip(f"{tool} missing")
+    return str(tool)
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} not installed")
+    return found
 
 
 def _host_wrapper() -> bool:
@@ -52,10 +63,14 @@ def compile_core(source: Path, workdir: Path, *defines: str) -> bytes:
         vmlinux.write_bytes(dump.stdout)
     obj = workdir / f"{source.name.split('.')[0]}-{hashlib.sha256(repr(defines).encode()).hexdigest()[:12]}.o"
     arch = "arm64" if os.uname().machine == "aarch64" else "x86"
-    subprocess.run([_tool("clang", "clang-19"), "-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-DHIDS_CORE=1",
-                    f"-I{workdir}", *defines, "-DUSE_SYSCALL_WRAPPER=1", "-DDEBUG=0", "-O2", "-g", "-c", str(source),
-                    "-o", str(obj)], check=True, capture_output=True)
-    subprocess.run([_tool("llvm-strip", "llvm-strip-19"), "-g", str(obj)], check=True, capture_output=True)
+    bitcode = obj.with_suffix(".bc")
+    # The pipeline's steps: clang to LLVM IR, llc for BPF v2, then DWARF stripped (.BTF kept).
+    subprocess.run([_llvm_tool("clang"), "-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-DHIDS_CORE=1",
+                    f"-I{workdir}", *defines, "-DUSE_SYSCALL_WRAPPER=1", "-DDEBUG=0", "-O2", "-g",
+                    "-emit-llvm", "-c", str(source), "-o", str(bitcode)], check=True, capture_output=True)
+    subprocess.run([_llvm_tool("llc"), "-march=bpf", "-mcpu=v2", "-filetype=obj", str(bitcode), "-o", str(obj)],
+                   check=True, capture_output=True)
+    subprocess.run([_llvm_tool("llvm-strip"), "-g", str(obj)], check=True, capture_output=True)
     return obj.read_bytes()
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,26 @@ def test_runtime_compile_refusal_lists_what_was_tried(loader_data: Path) -> None
     assert refused["error"] == "NoMatch"
     assert [s["stage"] for s in refused["steps"]] == ["exact", "core", "runtime"]
     assert "debug False != wanted True" in refused["steps"][1]["reason"]
+
+
+def test_unprivileged_user_selects_but_cannot_load(loader_data: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A real unprivileged run: kallsyms still names the wrapper (addresses hidden), bpf() is refused.
+    python = Path("/usr/bin/python3")
+    if not python.exists() or shutil.which("setpriv") is None:
+        pytest.skip("needs /usr/bin/python3 and setpriv")
+    public = Path(tempfile.mkdtemp(prefix="hids-loader-"))
+    try:
+        shutil.copytree(loader_data, public / "data")
+        shutil.copytree(ROOT / "loader" / "hids_bytecode", public / "hids_bytecode")
+        for path in [public, *public.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(public), "HIDS_BYTECODE_DATA": str(public / "data")}
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(python), "-m", "hids_bytecode"]
+        selected = subprocess.run([*nobody, "select", "mini", "--json"], capture_output=True, text=True, env=env)
+        assert selected.returncode == 0, selected.stderr
+        wrapper = json.loads(selected.stdout)["facts"]["syscall_wrapper"]
+        assert "addresses hidden by kptr_restrict" in wrapper["source"]
+        loaded = subprocess.run([*nobody, "load", "mini"], capture_output=True, text=True, env=env)
+        assert_one_line_failure(loaded, "NotPermitted")
+    finally:
+        shutil.rmtree(public)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import libbpf as lb
-from .errors import AlreadyLoaded, AttachError, LoadError
+from .errors import AlreadyLoaded, AttachError, LoadError, NotPermitted
 from .pins import pin_dir, unpin
 
 __all__ = ["ProgramReport", "LoadedObject", "open_and_load", "attach_all", "write_agent_tgid", "pin_all",
@@ -116,6 +116,8 @@ def open_and_load(lib: lb.Libbpf, data: bytes, label: str) -> LoadedObject:
         rc = lib.bpf_object__load(obj)
     if rc != 0:
         loaded.close()
+        if rc == -errno.EPERM and os.geteuid() != 0:
+            raise NotPermitted(f"{label}: loading BPF needs root (CAP_BPF, CAP_PERFMON); run hids-bytecode as root")
         reason = _verifier_reason(collected) or f"load failed ({lib.strerror(rc)}): {_last_libbpf_line(collected)}"
         raise LoadError(f"{label}: {reason} (--verbose shows libbpf's full log)")
     return loaded

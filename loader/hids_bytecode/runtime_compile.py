@@ -43,16 +43,20 @@ class RuntimePlan:
     args: tuple[str, ...] = field(default=())
 
 
-def _find_clang() -> Path | None:
-    found = shutil.which("clang")
-    if found:
-        return Path(found)
+def _find_clang(preferred_major: str | None) -> Path | None:
+    """The pipeline's clang major if installed (same bytes), else the newest clang-N, else clang."""
     versioned = []
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         for candidate in Path(directory or ".").glob("clang-[0-9]*"):
             if candidate.name[6:].isdigit():
                 versioned.append((int(candidate.name[6:]), candidate))
-    return max(versioned)[1] if versioned else None
+    for major, candidate in versioned:
+        if str(major) == preferred_major:
+            return candidate
+    if versioned:
+        return max(versioned)[1]
+    found = shutil.which("clang")
+    return Path(found) if found else None
 
 
 def _header_trees(release: str, header_dirs: tuple[Path, ...]) -> tuple[Path, Path] | None:
@@ -108,7 +112,8 @@ def plan_runtime_compile(entry: Entry, facts: HostFacts, debug: bool | None = No
     source = entry.source_path
     if source is None or not source.is_file():
         return RuntimePlan(False, f"stitched source {source} is not in the data directory")
-    clang = _find_clang()
+    toolchain = re.search(r"version (\d+)", str(entry.raw.get("toolchain", {}).get("clang", "")))
+    clang = _find_clang(toolchain.group(1) if toolchain else None)
     if clang is None:
         return RuntimePlan(False, "no clang on PATH (install clang to compile on this host)")
     trees = _header_trees(facts.release, header_dirs)
