@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,35 @@ def test_project_bpf_programs_load_and_attach(bpf_data: tuple[Path, list[str]], 
             assert any(r.status == "attached" for r in result.reports), json.dumps(result.as_dict())
         finally:
             api.unload(program)
+
+
+def test_project_file_program_reports_an_open(bpf_data: tuple[Path, list[str]], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    data, _ = bpf_data
+    if "file" not in load_manifest(data).programs:
+        pytest.skip("bpf/file.bpf.c not written yet")
+    monkeypatch.setenv("HIDS_BYTECODE_DATA", str(data))
+    marker = tmp_path / f"marker-{os.getpid()}"
+    marker.write_text("x")
+    stop = threading.Event()
+
+    def child_opens() -> None:
+        while not stop.wait(0.2):
+            subprocess.run(["/bin/cat", str(marker)], capture_output=True)
+
+    events = api.watch("file")
+    opener = threading.Thread(target=child_opens, daemon=True)
+    found = None
+    try:
+        opener.start()
+        for count, event in enumerate(events):
+            if event.get("event") == "open" and event.get("path") == str(marker):
+                found = event
+            if found or count > 200_000:
+                break
+    finally:
+        stop.set()
+        opener.join()
+        events.close()
+    assert found, "no open event of the marker from bpf/file.bpf.c"
+    assert found["hdr"]["comm"] == "cat" and found["hdr"]["tgid"] != os.getpid()
