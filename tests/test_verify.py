@@ -89,10 +89,10 @@ def mini_objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     return {"good": compile_core(MINI_SOURCE, work), "rejected": compile_core(MINI_SOURCE, work, "-DHIDS_TEST_UNCHECKED_LOOKUP")}
 
 
-def _verify(matrix: Path, dist: Path, *releases: str) -> subprocess.CompletedProcess:
+def _verify(matrix: Path, dist: Path, *releases: str, timeout: int = 400) -> subprocess.CompletedProcess:
     args = [a for r in releases for a in ("--kernel", r)]
     return _invoke("verify", "--matrix", str(matrix), "--dist", str(dist), "--cache-dir", str(SHARED_CACHE),
-                   "--timeout", "400", *args)
+                   "--timeout", str(timeout), *args)
 
 
 def test_two_kernel_series_pass(verify_project: Path, mini_objects: dict[str, bytes], tmp_path: Path) -> None:
@@ -130,6 +130,18 @@ def test_rejected_object_reported_with_verifier_message(verify_project: Path, mi
         # The kernel's own complaint about the out-of-bounds read of the config value.
         assert "invalid access to map value" in row["verifier_log"]
     assert "invalid access to map value" in (dist / "verify.txt").read_text()
+
+
+def test_kernel_that_does_not_come_up_is_reported(verify_project: Path, mini_objects: dict[str, bytes],
+                                                  tmp_path: Path) -> None:
+    # One second is far below any TCG boot of a Debian kernel (the guest's /init starts after ~10 s),
+    # so the VM is stopped by the per-VM timeout before its checks report.
+    dist = _wheel(tmp_path, {REJECTED_ON: mini_objects["good"]})
+    proc = _verify(verify_project, dist, REJECTED_ON, timeout=1)
+    assert proc.returncode == 7, proc.stderr[-4000:]
+    (kernel,) = json.loads((dist / "verify.json").read_text())["kernels"]
+    assert kernel["status"] == "boot failed" and kernel["rows"] == [] and kernel["uname"] == ""
+    assert kernel["reason"].startswith("no result within the 1s timeout")
 
 
 def test_unknown_kernel_is_one_line_error(verify_project: Path, tmp_path: Path) -> None:

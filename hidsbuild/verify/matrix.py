@@ -14,9 +14,12 @@ from rich.table import Table
 
 from ..kernels import Kernel
 
-__all__ = ["KernelResult", "failures", "write_json", "render_table", "write_text"]
+__all__ = ["KernelResult", "failures", "unproved", "write_json", "render_table", "write_text"]
 
 _OK = {"ok", "n/a"}
+# The archive no longer serves the kernel's image (e.g. a superseded security upload): nothing could
+# be booted, so nothing was proved or disproved. Reported, listed, but not a verification failure.
+UNPROVED = "no image"
 
 
 @dataclass
@@ -25,7 +28,7 @@ class KernelResult:
     arch: str
     suite: str
     version: str
-    status: str = "ok"  # ok | failed | no image | no wheel | boot failed
+    status: str = "ok"  # ok | failed | boot failed | no wheel | no image (UNPROVED)
     reason: str = ""
     uname: str = ""
     boot_seconds: float = 0.0
@@ -47,11 +50,16 @@ class KernelResult:
 
 
 def failures(results: list[KernelResult]) -> list[KernelResult]:
-    return [r for r in results if r.status != "ok"]
+    return [r for r in results if r.status not in ("ok", UNPROVED)]
+
+
+def unproved(results: list[KernelResult]) -> list[KernelResult]:
+    return [r for r in results if r.status == UNPROVED]
 
 
 def write_json(results: list[KernelResult], path: Path) -> None:
-    doc = {"ok": not failures(results), "kernels": [asdict(r) for r in results]}
+    doc = {"ok": not failures(results), "unproved": [r.release for r in unproved(results)],
+           "kernels": [asdict(r) for r in results]}
     _atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
@@ -66,8 +74,9 @@ def render_table(results: list[KernelResult]) -> Table:
         table.add_column(name, overflow="fold")
     for result in results:
         if not result.rows:
+            colour = "yellow" if result.status == UNPROVED else "red"
             table.add_row(result.release, result.uname or "-", "-", "-", "-", "-", "-",
-                          f"[red]{result.status}[/]: {result.reason}" if result.status != "ok" else "no objects for this kernel")
+                          f"[{colour}]{result.status}[/]: {result.reason}")
             continue
         for row in result.rows:
             note = row.get("error") or _na_note(row) or ", ".join(f"{k} {v}" for k, v in sorted(row["events"].items()))
@@ -88,7 +97,7 @@ def write_text(results: list[KernelResult], path: Path) -> None:
     with open(os.devnull, "w") as sink:
         console = Console(record=True, width=200, file=sink, color_system=None)
         console.print(render_table(results))
-        for result in failures(results):
+        for result in failures(results) + unproved(results):
             console.print(f"\n{result.release}: {result.status}: {result.reason}", markup=False)
             for row in (r for r in result.rows if result.row_failed(r)):
                 console.print(f"--- {row['unit']}: {row['error']}", markup=False)

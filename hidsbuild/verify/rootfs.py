@@ -113,16 +113,10 @@ def payload_archive(site: Path, arch: str, cache: Path) -> Path:
     return dest
 
 
-def initramfs(site: Path, arch: str, cache: Path) -> Path:
-    """Base and payload concatenated: one -initrd file, cached by both."""
-    base, payload = base_archive(arch, cache), payload_archive(site, arch, cache)
-    dest = cache / "verify" / "initrd" / f"{base.stem.split('.')[0]}+{payload.stem.split('.')[0]}.cpio.gz"
-    if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        with tmp.open("wb") as out:
-            for part in (base, payload):
-                with part.open("rb") as src:
-                    shutil.copyfileobj(src, out)
-        os.replace(tmp, dest)
+def initramfs(site: Path, arch: str, cache: Path, dest: Path) -> Path:
+    """The cached base and payload archives concatenated into dest: qemu takes one -initrd file."""
+    with dest.open("wb") as out:
+        for part in (base_archive(arch, cache), payload_archive(site, arch, cache)):
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out)
     return dest

@@ -15,8 +15,8 @@ from ..apt import PrivateApt
 from ..errors import ConfigError, HeadersUnavailable, VerifyFailed
 from ..kernels import Kernel, load_matrix
 from ..report import console, step
-from .images import fetch_vmlinuz
-from .matrix import KernelResult, failures, render_table, write_json, write_text
+from .images import fetch_image
+from .matrix import KernelResult, failures, render_table, unproved, write_json, write_text
 from .rootfs import initramfs
 from .vm import boot
 
@@ -92,11 +92,18 @@ def _verify_kernel(kernel: Kernel, apt: PrivateApt, sites: dict[str, Path], opts
         result.status, result.reason = "failed", f"the {kernel.arch} wheel has no object built for {kernel.release}"
         return result
     try:
-        vmlinuz = fetch_vmlinuz(apt, kernel, opts.cache)
+        image = fetch_image(apt, kernel, opts.cache)
     except HeadersUnavailable as exc:
         result.status, result.reason = "no image", str(exc)
         return result
-    run = boot(kernel.arch, vmlinuz, initramfs(site, kernel.arch, opts.cache), opts.timeout)
+    missing = image.missing_builtins(kernel.arch)
+    if missing:
+        result.status = "boot failed"
+        result.reason = f"needs built in, but the initramfs carries no modules: {', '.join(missing)}"
+        return result
+    with tempfile.TemporaryDirectory(prefix="hids-initrd-") as tmp:
+        initrd = initramfs(site, kernel.arch, opts.cache, Path(tmp) / "initrd.cpio.gz")
+        run = boot(kernel.arch, image.vmlinuz, initrd, opts.timeout)
     result.boot_seconds = round(run.seconds, 1)
     doc = run.result
     if doc is None:
@@ -136,6 +143,8 @@ def run_verify(opts: VerifyOptions) -> list[KernelResult]:
     write_json(results, opts.dist / "verify.json")
     write_text(results, opts.dist / "verify.txt")
     console.print(render_table(results))
+    for result in unproved(results):
+        console.print(f"[yellow]not proved[/] {result.release}: {result.reason}", soft_wrap=True)
     bad = failures(results)
     if bad:
         raise VerifyFailed(f"{len(bad)} of {len(results)} kernel(s) failed verification "

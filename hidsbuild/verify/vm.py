@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = ["Boot", "qemu_command", "boot", "BEGIN", "END"]
 
+# The same markers as guest_check.py prints (it runs in the guest and cannot import this module).
 BEGIN, END = "===HIDS-VERIFY-BEGIN===", "===HIDS-VERIFY-END==="
 _APPEND = "console={console} rdinit=/init panic=-1 quiet"
 # Machine and console per arch: arm64's virt board has a PL011 UART, not an 8250.
@@ -27,6 +28,7 @@ class Boot:
     console: str
     timed_out: bool
     seconds: float
+    timeout: float
 
     @property
     def problem(self) -> str:
@@ -34,7 +36,7 @@ class Boot:
         if self.result is not None:
             return ""
         tail = " | ".join(line.strip() for line in self.console.strip().splitlines()[-4:]) or "no console output"
-        return (f"no result within the {self.seconds:.0f}s timeout" if self.timed_out else "guest stopped without a result") + f": {tail}"
+        return (f"no result within the {self.timeout:g}s timeout" if self.timed_out else "guest stopped without a result") + f": {tail}"
 
 
 def qemu_command(arch: str, vmlinuz: Path, initrd: Path, memory_mb: int = 1024, cpus: int = 2) -> list[str]:
@@ -57,7 +59,7 @@ def boot(arch: str, vmlinuz: Path, initrd: Path, timeout: float) -> Boot:
         out, _ = proc.communicate()
         timed_out = True
     console = out.decode(errors="replace").replace("\r\n", "\n")
-    return Boot(_result(console), console, timed_out, time.monotonic() - start)
+    return Boot(_result(console), console, timed_out, time.monotonic() - start, timeout)
 
 
 def _result(console: str) -> dict[str, Any] | None:
