@@ -102,7 +102,8 @@ def make_loader_data(dest: Path) -> Path:
     perf = compile_core(MINI_SOURCE, dest / "work", "-DHIDS_TEST_PERF")
     source_text = MINI_SOURCE.read_bytes()
     wrapper = _host_wrapper()
-    entries = [_entry(PROGRAM, "exact", data, source_text, wrapper), _entry(PROGRAM, "core", data, source_text, wrapper),
+    entries = [_entry(PROGRAM, "exact", data, source_text, wrapper),
+               _entry(PROGRAM, "core", data, source_text, wrapper),
                _entry("rejected", "exact", rejected, source_text, wrapper),
                _entry("mini_perf", "exact", perf, source_text, wrapper)]
     objects = {data: entries[:2], rejected: entries[2:3], perf: entries[3:]}

@@ -107,7 +107,8 @@ def _manifest() -> Manifest:
                               ("6.1.0-50-cloud-arm64", "aarch64")]
         for wrapper in (True, False) for debug in (False, True)
     ]
-    entries += [_entry("file", "core", None, arch, True, debug) for arch in ("x86_64", "aarch64") for debug in (False, True)]
+    entries += [_entry("file", "core", None, arch, True, debug)
+                for arch in ("x86_64", "aarch64") for debug in (False, True)]
     return Manifest(Path("/nonexistent/manifest.json"), "1", "h", tuple(entries))
 
 

@@ -112,7 +112,8 @@ def test_load_pin_watch_unload(env: dict[str, str], tmp_path: Path) -> None:
             assert report["exec__tracepoint"]["status"] == "attached"
         assert report["open__tracepoint"]["status"] == "attached"
         assert {p.name for p in (pins / "maps").iterdir()} == {"events", "counters", "config"}
-        assert {p.name for p in (pins / "links").iterdir()} == {n for n, r in report.items() if r["status"] == "attached"}
+        attached = {name for name, r in report.items() if r["status"] == "attached"}
+        assert {p.name for p in (pins / "links").iterdir()} == attached
         assert cli(env, "load", "mini").returncode == 26  # AlreadyLoaded
 
         with Trigger(tmp_path) as trigger:

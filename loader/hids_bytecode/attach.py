@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import libbpf as lb
-from .errors import AlreadyLoaded, AttachError, LoadError, NotPermitted
-from .pins import pin_dir, unpin
+from .errors import AttachError, LoadError, NotPermitted
+from .pins import free_pin_dir, unpin
 
 __all__ = ["ProgramReport", "LoadedObject", "open_and_load", "attach_all", "write_agent_tgid", "pin_all",
            "family_of", "FAMILY_ORDER"]
@@ -189,9 +189,7 @@ def attach_all(loaded: LoadedObject) -> list[ProgramReport]:
 
 def pin_all(loaded: LoadedObject, program: str) -> Path:
     """Pin maps, programs and links under /sys/fs/bpf/hids/<program>/."""
-    root = pin_dir(program)
-    if root.exists():
-        raise AlreadyLoaded(f"{program} is already loaded (pins under {root}); run `hids-bytecode unload {program}` first")
+    root = free_pin_dir(program)
     lib = loaded.lib
     for sub in ("maps", "progs", "links"):
         (root / sub).mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from .attach import ProgramReport
-from .errors import AlreadyLoaded, BpftoolError
-from .pins import pin_dir, unpin
+from .errors import BpftoolError
+from .pins import free_pin_dir, unpin
 
 __all__ = ["load_with_bpftool", "supports_autoattach"]
 
@@ -31,9 +31,7 @@ def supports_autoattach(bpftool: str) -> bool:
 def load_with_bpftool(data: bytes, program: str) -> tuple[Path, list[ProgramReport]]:
     """Load the checked bytes with bpftool, pinning progs and maps under the program's pin dir."""
     bpftool = _bpftool()
-    root = pin_dir(program)
-    if root.exists():
-        raise AlreadyLoaded(f"{program} is already loaded (pins under {root}); run `hids-bytecode unload {program}` first")
+    root = free_pin_dir(program)
     autoattach = supports_autoattach(bpftool)
     root.mkdir(parents=True)
     # bpftool reads a path, so it gets a private copy of the bytes whose hash was checked.

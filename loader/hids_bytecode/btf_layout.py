@@ -93,7 +93,11 @@ class _Btf:
             return lambda b: int.from_bytes(b[:size_or_type], _ORDER, signed=signed)
         if kind in (_ENUM, _ENUM64):
             names = self.enum_values(type_id)
-            return lambda b: names.get(int.from_bytes(b[:size_or_type], _ORDER), int.from_bytes(b[:size_or_type], _ORDER))
+
+            def enum(b: bytes) -> Any:
+                value = int.from_bytes(b[:size_or_type], _ORDER)
+                return names.get(value, value)
+            return enum
         if kind == _PTR:
             return lambda b: int.from_bytes(b[:8], _ORDER)
         if kind == _ARRAY:

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read the host facts and pick, per program, the exact build for this kernel, "
                                    "else the CO-RE build (host BTF needed), else a runtime compile (opt-in).")
     p.add_argument("programs", nargs="*", help="programs to select (default: all in the manifest)")
-    p.add_argument("--explain", action="store_true", help="print the facts with their sources and why each candidate was taken or skipped")
+    p.add_argument("--explain", action="store_true",
+                   help="print the facts with their sources and why each candidate was taken or skipped")
     _selection_flags(p)
 
     p = sub.add_parser("load", help="load, attach and pin programs under /sys/fs/bpf/hids/<program>/",
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "programs and links so they stay after this command exits.")
     p.add_argument("programs", nargs="*", help="programs to load (default: all in the manifest)")
     p.add_argument("--backend", choices=("libbpf", "bpftool"), default="libbpf",
-                   help="libbpf via ctypes (default), or `bpftool prog loadall` (attaches only if bpftool has autoattach)")
+                   help="libbpf via ctypes (default), or `bpftool prog loadall` "
+                        "(attaches only if bpftool has autoattach)")
     _selection_flags(p)
 
     p = sub.add_parser("unload", help="remove the pins of loaded programs (detaches them)",
@@ -71,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     _selection_flags(p)
 
     p = sub.add_parser("list", help="list the manifest's objects",
-                       description=f"One line per object: unit, kind, arch, variant. Data from {DATA_ENV} or the package.")
+                       description=f"One line per object: unit, kind, arch, sha256. "
+                                   f"Data from {DATA_ENV} or the package.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("verify", help="check every object's sha256 against the manifest",
@@ -173,7 +176,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     results = verify_manifest(load_manifest())
     bad = [r for r in results if not r.ok]
     _print(args, {"checked": len(results), "failed": [{"unit": r.entry.unit, "reason": r.reason} for r in bad]},
-           "\n".join([f"FAIL {r.entry.unit}: {r.reason}" for r in bad] + [f"{len(results) - len(bad)}/{len(results)} objects ok"]))
+           "\n".join([f"FAIL {r.entry.unit}: {r.reason}" for r in bad]
+                     + [f"{len(results) - len(bad)}/{len(results)} objects ok"]))
     return IntegrityError.exit_code if bad else 0
 
 

@@ -73,7 +73,8 @@ def gather(
     """Read every fact; the parameters exist so tests can point at fixture files."""
     u = uname or os.uname()
     if u.machine not in SUPPORTED_ARCHES:
-        raise UnknownArch(f"unsupported architecture {u.machine!r} (uname -m); supported: {', '.join(SUPPORTED_ARCHES)}")
+        raise UnknownArch(f"unsupported architecture {u.machine!r} (uname -m); "
+                          f"supported: {', '.join(SUPPORTED_ARCHES)}")
     version = upstream_version(u.release, u.version, _read_optional(version_signature))
     wrapper = detect_syscall_wrapper(kallsyms)
     btf = btf_path.is_file()

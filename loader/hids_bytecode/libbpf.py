@@ -104,7 +104,8 @@ class Libbpf:
         try:
             self.lib = _c.CDLL(path, use_errno=True)
         except OSError as exc:
-            raise LibbpfMissing(f"cannot load {path}: {exc} (install libbpf1 on Debian/Ubuntu, libbpf on RPM distros)") from None
+            raise LibbpfMissing(f"cannot load {path}: {exc} "
+                                "(install libbpf1 on Debian/Ubuntu, libbpf on RPM distros)") from None
         libc = _c.CDLL(ctypes.util.find_library("c"), use_errno=True)
         self._vsnprintf = libc.vsnprintf
         self._vsnprintf.restype = _int

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import NotLoaded
+from .errors import AlreadyLoaded, NotLoaded
 from .mounts import BPFFS
 
-__all__ = ["pin_root", "pin_dir", "unpin", "PIN_ENV"]
+__all__ = ["pin_root", "pin_dir", "free_pin_dir", "unpin", "PIN_ENV"]
 
 PIN_ENV = "HIDS_BYTECODE_PIN_ROOT"
 
@@ -24,6 +24,15 @@ def pin_root() -> Path:
 
 def pin_dir(program: str) -> Path:
     return pin_root() / program
+
+
+def free_pin_dir(program: str) -> Path:
+    """The program's pin directory, refused when a previous load still holds it."""
+    root = pin_dir(program)
+    if root.exists():
+        raise AlreadyLoaded(f"{program} is already loaded (pins under {root}); "
+                            f"run `hids-bytecode unload {program}` first")
+    return root
 
 
 def unpin(program: str) -> list[Path]:

@@ -119,7 +119,8 @@ def plan_runtime_compile(entry: Entry, facts: HostFacts, debug: bool | None = No
     trees = _header_trees(facts.release, header_dirs)
     if trees is None:
         tried = ", ".join(str(d / f"linux-headers-{facts.release}") for d in header_dirs)
-        return RuntimePlan(False, f"no kernel headers for {facts.release} in /lib/modules/{facts.release}/build or {tried}")
+        return RuntimePlan(False, f"no kernel headers for {facts.release} in "
+                                  f"/lib/modules/{facts.release}/build or {tried}")
     include = subprocess.run([str(clang), "-print-file-name=include"], capture_output=True, text=True).stdout.strip()
     args = _debug_path_maps(*trees) + _rewrite(entry.cflags, trees[0], trees[1], include, facts, f"{entry.program}.c")
     if debug is not None:
@@ -177,7 +178,8 @@ def compile_plan(plan: RuntimePlan, entry: Entry, facts: HostFacts) -> Path:
         for argv in steps:
             proc = subprocess.run(argv, cwd=work, capture_output=True, text=True)
             if proc.returncode != 0:
-                lines = [line for line in proc.stderr.splitlines() if "error" in line] or proc.stderr.splitlines() or ["?"]
+                errors = [line for line in proc.stderr.splitlines() if "error" in line]
+                lines = errors or proc.stderr.splitlines() or ["?"]
                 raise RuntimeCompileError(f"runtime compile of {entry.program} failed: {lines[0].strip()}")
         fd, temp = tempfile.mkstemp(dir=cache, prefix=".tmp-", suffix=".o")
         with os.fdopen(fd, "wb") as out:

@@ -108,7 +108,8 @@ def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = 
     else:
         template = _runtime_template(entries, facts, debug)
         if template is None:
-            steps.append(Step("runtime", "-", False, f"no build of this program for {facts.arch} ships its source and flags"))
+            steps.append(Step("runtime", "-", False,
+                              f"no build of this program for {facts.arch} ships its source and flags"))
         else:
             plan = plan_runtime_compile(template, facts, debug)
             steps.append(Step("runtime", template.unit, plan.ready, plan.reason))
