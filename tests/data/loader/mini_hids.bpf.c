@@ -19,6 +19,7 @@ static __u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static long (*bpf_probe_read_user_str)(void *dst, __u32 size, const void *src) = (void *)114;
+static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
 static long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) = (void *)25;
 
 enum hids_event_type {
@@ -217,9 +218,18 @@ static __attribute__((always_inline)) int emit_open(void *ctx, int dfd, const ch
 /* Kprobe family first: it cannot attach on a kernel without kprobes, so the loader must fall
  * back to the tracepoint family of the same group. */
 SEC("kprobe/__x64_sys_execve")
-int exec__kprobe(void *ctx)
+int exec__kprobe(struct pt_regs *ctx)
 {
+#ifdef __TARGET_ARCH_x86
+	/* The wrapper's one argument is the user's pt_regs; the filename is its first argument. */
+	struct pt_regs *regs = (struct pt_regs *)ctx->di;
+	const char *filename = 0;
+
+	bpf_probe_read_kernel(&filename, sizeof(filename), &regs->di);
+	return emit_exec(ctx, filename);
+#else
 	return 0;
+#endif
 }
 
 SEC("tracepoint/syscalls/sys_enter_execve")
