@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def test_missing_libbpf_names_the_package(loader_data: Path) -> None:
 def test_verifier_rejection_is_one_line_and_leaves_no_pins(loader_data: Path) -> None:
     proc = run(loader_data, "load", "rejected")
     assert_one_line_failure(proc, "LoadError")
-    assert "program exec__tracepoint rejected by the verifier: invalid access to map value" in proc.stderr
+    assert re.search(r"program \w+ rejected by the verifier: invalid access to map value", proc.stderr)
     assert not Path(f"/sys/fs/bpf/hids-test-{os.getpid()}/rejected").exists()
 
 

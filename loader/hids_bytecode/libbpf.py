@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from .errors import LibbpfMissing
 
-__all__ = ["Libbpf", "get", "capture", "messages", "RINGBUF_SAMPLE_FN", "PERF_SAMPLE_FN", "PERF_LOST_FN",
+__all__ = ["Libbpf", "get", "capture", "RINGBUF_SAMPLE_FN", "PERF_SAMPLE_FN", "PERF_LOST_FN",
            "BTF_TYPE", "BTF_MEMBER", "BTF_ENUM", "BTF_ARRAY", "MAP_INFO", "errno_text"]
 
 _c = ctypes
@@ -94,6 +94,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
 }
 
 _messages: list[tuple[str, str]] = []
+_capturing = 0
 _echo = False
 
 
@@ -131,7 +132,8 @@ class Libbpf:
         written = self._vsnprintf(self._print_buf, _PRINT_BUF_SIZE, fmt, args)
         raw = _c.string_at(self._print_buf, max(0, min(written, _PRINT_BUF_SIZE - 1)))
         text = raw.decode(errors="replace").rstrip("\n")
-        _messages.append((_LEVELS.get(level, str(level)), text))
+        if _capturing:
+            _messages.append((_LEVELS.get(level, str(level)), text))
         if _echo:
             print(text, file=sys.stderr)
         return 0
@@ -159,16 +161,16 @@ def get(path: str | None = None, echo: bool = False) -> Libbpf:
     return _instance
 
 
-def messages() -> list[tuple[str, str]]:
-    return list(_messages)
-
-
 @contextmanager
 def capture() -> Iterator[list[tuple[str, str]]]:
     """Messages libbpf printed while the block ran."""
+    global _capturing
     start = len(_messages)
     collected: list[tuple[str, str]] = []
+    _capturing += 1
     try:
         yield collected
     finally:
+        _capturing -= 1
         collected.extend(_messages[start:])
+        del _messages[start:]  # kept only while a capture wants them: a long watch must not grow
