@@ -111,6 +111,8 @@ def watch(program: str, options: Options = Options(), facts: HostFacts | None = 
     ensure_bpf_filesystems()
     loaded = open_and_load(lib, data, choice.entry.unit)
     try:
+        if "events" not in loaded.maps:
+            raise LoadError(f"{choice.entry.unit} has no `events` map (docs/DESIGN.md)")
         schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
         write_agent_tgid(loaded)
         attach_all(loaded)

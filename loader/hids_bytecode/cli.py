@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from . import api
-from .errors import EXIT_CODES, HidsError, IntegrityError
+from .errors import EXIT_CODES, HidsError, IntegrityError, NotPermitted
 from .hostinfo import gather
 from .integrity import verify_manifest
 from .manifest import DATA_ENV, load_manifest
@@ -200,5 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     except HidsError as exc:
         print(f"hids-bytecode: {exc}", file=sys.stderr)
         return exc.exit_code
+    except PermissionError as exc:
+        print(f"hids-bytecode: {exc.filename or ''}: {exc.strerror} (run as root)", file=sys.stderr)
+        return NotPermitted.exit_code
+    except OSError as exc:
+        print(f"hids-bytecode: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
