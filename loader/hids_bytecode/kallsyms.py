@@ -37,10 +37,13 @@ def detect_syscall_wrapper(path: Path = KALLSYMS) -> WrapperFact:
     try:
         with path.open("r", errors="replace") as lines:
             for number, line in enumerate(lines, start=1):
+                if hidden and not line.startswith("0000000000000000 "):
+                    hidden = False
+                if "ys_" not in line and "yS_" not in line:  # cheap pre-filter for sys_ and SyS_
+                    continue
                 fields = line.split()
                 if len(fields) < 3:
                     continue
-                hidden = hidden and set(fields[0]) <= {"0"}
                 name = fields[2]
                 match = _WRAPPED.match(name)
                 if match:
