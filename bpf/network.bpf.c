@@ -98,7 +98,7 @@ static __always_inline int hids_read_tuple(struct sock *sk, struct hids_sock_tup
 		__builtin_memcpy((ev)->daddr, (t).daddr, 16);                       \
 	} while (0)
 
-static __always_inline void stash_fd(int fd)
+static __always_inline void hids_stash_fd(int fd)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 
@@ -106,7 +106,7 @@ static __always_inline void stash_fd(int fd)
 }
 
 /* Takes the fd stashed at entry; -1 when entry was not seen. */
-static __always_inline int take_fd(void)
+static __always_inline int hids_take_fd(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__s32 *stashed = bpf_map_lookup_elem(&pending_fd, &id);
@@ -122,7 +122,7 @@ static __always_inline int take_fd(void)
 SEC("tracepoint/syscalls/sys_enter_connect")
 int connect__tp_enter(struct hids_sys_enter_ctx *ctx)
 {
-	stash_fd((int)ctx->args[0]);
+	hids_stash_fd((int)ctx->args[0]);
 	return 0;
 }
 
@@ -132,7 +132,7 @@ int connect__tp_exit(struct hids_sys_exit_ctx *ctx)
 	struct hids_sock_tuple t = {};
 	struct hids_ev_connect *ev;
 	long ret = ctx->ret;
-	int fd = take_fd();
+	int fd = hids_take_fd();
 
 	if (fd < 0 || (ret != 0 && ret != -EINPROGRESS))
 		return 0;
@@ -152,7 +152,7 @@ static __always_inline int on_accept_exit(struct hids_sys_exit_ctx *ctx)
 	struct hids_sock_tuple t = {};
 	struct hids_ev_accept *ev;
 	long ret = ctx->ret;
-	int listen_fd = take_fd();
+	int listen_fd = hids_take_fd();
 
 	if (ret < 0 || hids_read_tuple(hids_fd_sock(ret), &t))
 		return 0;
@@ -168,7 +168,7 @@ static __always_inline int on_accept_exit(struct hids_sys_exit_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_accept")
 int accept__tp_enter(struct hids_sys_enter_ctx *ctx)
 {
-	stash_fd((int)ctx->args[0]);
+	hids_stash_fd((int)ctx->args[0]);
 	return 0;
 }
 
@@ -181,7 +181,7 @@ int accept__tp_exit(struct hids_sys_exit_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_accept4")
 int accept4__tp_enter(struct hids_sys_enter_ctx *ctx)
 {
-	stash_fd((int)ctx->args[0]);
+	hids_stash_fd((int)ctx->args[0]);
 	return 0;
 }
 

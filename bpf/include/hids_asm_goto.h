@@ -18,6 +18,10 @@
 #undef asm_inline
 #endif
 #define asm_inline asm
+/* Kernel builds pass this for CONFIG_FUNCTION_TRACER; asm/ftrace.h refuses to parse without it. */
+#ifndef CC_USING_FENTRY
+#define CC_USING_FENTRY
+#endif
 #endif
 
 #endif

@@ -12,27 +12,30 @@
 #define __always_inline inline __attribute__((always_inline))
 #endif
 
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
+/* Each object uses a subset; unused pointers are not worth a warning. */
+#define HIDS_HELPER static __attribute__((unused))
+
+HIDS_HELPER void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
+HIDS_HELPER long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
 				   __u64 flags) = (void *)BPF_FUNC_map_update_elem;
-static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_delete_elem;
-static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
-static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)BPF_FUNC_get_current_pid_tgid;
-static __u64 (*bpf_get_current_uid_gid)(void) = (void *)BPF_FUNC_get_current_uid_gid;
-static long (*bpf_get_current_comm)(void *buf, __u32 size) = (void *)BPF_FUNC_get_current_comm;
-static __u64 (*bpf_get_current_task)(void) = (void *)BPF_FUNC_get_current_task;
-static __u64 (*bpf_get_current_cgroup_id)(void) = (void *)BPF_FUNC_get_current_cgroup_id;
-static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *src) = (void *)BPF_FUNC_probe_read_user;
-static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)BPF_FUNC_probe_read_kernel;
-static long (*bpf_probe_read_user_str)(void *dst, __u32 size,
+HIDS_HELPER long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_delete_elem;
+HIDS_HELPER __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
+HIDS_HELPER __u64 (*bpf_get_current_pid_tgid)(void) = (void *)BPF_FUNC_get_current_pid_tgid;
+HIDS_HELPER __u64 (*bpf_get_current_uid_gid)(void) = (void *)BPF_FUNC_get_current_uid_gid;
+HIDS_HELPER long (*bpf_get_current_comm)(void *buf, __u32 size) = (void *)BPF_FUNC_get_current_comm;
+HIDS_HELPER __u64 (*bpf_get_current_task)(void) = (void *)BPF_FUNC_get_current_task;
+HIDS_HELPER __u64 (*bpf_get_current_cgroup_id)(void) = (void *)BPF_FUNC_get_current_cgroup_id;
+HIDS_HELPER long (*bpf_probe_read_user)(void *dst, __u32 size, const void *src) = (void *)BPF_FUNC_probe_read_user;
+HIDS_HELPER long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)BPF_FUNC_probe_read_kernel;
+HIDS_HELPER long (*bpf_probe_read_user_str)(void *dst, __u32 size,
 				       const void *src) = (void *)BPF_FUNC_probe_read_user_str;
-static long (*bpf_probe_read_kernel_str)(void *dst, __u32 size,
+HIDS_HELPER long (*bpf_probe_read_kernel_str)(void *dst, __u32 size,
 					 const void *src) = (void *)BPF_FUNC_probe_read_kernel_str;
-static long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *data,
+HIDS_HELPER long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *data,
 				     __u64 size) = (void *)BPF_FUNC_perf_event_output;
-static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size,
+HIDS_HELPER long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size,
 				  __u64 flags) = (void *)BPF_FUNC_ringbuf_output;
-static long (*bpf_trace_printk)(const char *fmt, __u32 fmt_size, ...) = (void *)BPF_FUNC_trace_printk;
+HIDS_HELPER long (*bpf_trace_printk)(const char *fmt, __u32 fmt_size, ...) = (void *)BPF_FUNC_trace_printk;
 
 /* Argument registers of a traced kernel function (kprobe ctx), and of a syscall as the inner
  * pt_regs of a syscall wrapper holds them. */

@@ -27,6 +27,13 @@
 #define IPPROTO_UDP 17
 #define NULL ((void *)0)
 #else
+/* Kernel headers are written for gcc and the kernel's own flags; their warnings say nothing
+ * about the probes, and the asm goto stand-ins leave their labels unused. */
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wunused-label"
+#pragma clang diagnostic ignored "-Wignored-attributes"
+#pragma clang diagnostic ignored "-Wduplicate-decl-specifier"
+#pragma clang diagnostic ignored "-Wmicrosoft-anon-tag"
 #include <linux/version.h>
 #include <linux/types.h>
 #include <linux/ptrace.h>
@@ -44,6 +51,7 @@
 #include <linux/in.h>
 #include <net/sock.h>
 #include <uapi/linux/bpf.h>
+#pragma clang diagnostic pop
 
 #define HIDS_KERNEL_AT_LEAST(a, b) (LINUX_VERSION_CODE >= KERNEL_VERSION(a, b, 0))
 #endif
