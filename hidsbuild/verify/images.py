@@ -1,9 +1,15 @@
 """Kernel images to boot: each kernel's image package fetched with PrivateApt (signature-checked),
-its /boot/vmlinuz-* and /boot/config-* extracted once and cached by package, version and arch."""
+its vmlinuz and config extracted once and cached by package, version and arch.
+
+Debian up to trixie ships both in the image package's /boot. Newer suites split the image: the
+`linux-image-<release>` package only depends on `linux-binary-<release>` (vmlinuz) and
+`linux-base-<release>` (config), both under /usr/lib/modules/<release>/; those are followed.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -41,6 +47,28 @@ def image_ref(kernel: Kernel) -> PackageRef:
     return PackageRef(kernel.image, kernel.version, kernel.suite, kernel.deb_arch)
 
 
+_FILES = {"vmlinuz": ("boot/vmlinuz-*", "usr/lib/modules/*/vmlinuz"),
+          "config": ("boot/config-*", "usr/lib/modules/*/config")}
+
+
+def _find(tree: Path, kind: str) -> Path | None:
+    return next((hit for pattern in _FILES[kind] for hit in sorted(tree.glob(pattern))), None)
+
+
+def _split_parts(deb: Path, kernel: Kernel) -> list[PackageRef]:
+    """The same-version linux-binary/linux-base packages of this release the image depends on."""
+    proc = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True)
+    names = re.findall(rf"(linux-(?:binary|base)-{re.escape(kernel.release)})\s*\(=\s*{re.escape(kernel.version)}\)",
+                       proc.stdout)
+    return [PackageRef(name, kernel.version, kernel.suite, kernel.deb_arch) for name in sorted(set(names))]
+
+
+def _unpack(deb: Path, tree: Path) -> None:
+    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HeadersUnavailable(f"{deb.name}: not a Debian package: {proc.stderr.strip()}")
+
+
 def fetch_image(apt: PrivateApt, kernel: Kernel, cache: Path) -> KernelImage:
     """The kernel's vmlinuz and config, downloaded and extracted on first use; raises
     HeadersUnavailable (the archive no longer serves that image) with the package named."""
@@ -51,13 +79,16 @@ def fetch_image(apt: PrivateApt, kernel: Kernel, cache: Path) -> KernelImage:
         return image
     stem.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hids-image-", dir=stem.parent) as tmp:
-        (deb,) = apt.download([ref], Path(tmp) / "deb")
         tree = Path(tmp) / "tree"
-        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], capture_output=True, text=True)
-        found = [sorted((tree / "boot").glob(f"{kind}-*")) for kind in ("vmlinuz", "config")] if proc.returncode == 0 else []
-        if not found or not all(found):
-            raise HeadersUnavailable(f"{deb.name} holds no /boot/vmlinuz-* and config-*: "
-                                     f"{proc.stderr.strip() or 'not a kernel image package'}")
-        os.replace(found[1][0], image.config)
-        os.replace(found[0][0], image.vmlinuz)  # last: its presence means both are in place
+        (deb,) = apt.download([ref], Path(tmp) / "deb")
+        _unpack(deb, tree)
+        if _find(tree, "vmlinuz") is None:
+            for part in apt.download(_split_parts(deb, kernel), Path(tmp) / "deb"):
+                _unpack(part, tree)
+        vmlinuz, config = _find(tree, "vmlinuz"), _find(tree, "config")
+        if vmlinuz is None or config is None:
+            raise HeadersUnavailable(f"{deb.name} (and the linux-binary/linux-base packages it depends on) "
+                                     f"hold no {'vmlinuz' if vmlinuz is None else 'config'}")
+        os.replace(config, image.config)
+        os.replace(vmlinuz, image.vmlinuz)  # last: its presence means both are in place
     return image

@@ -33,6 +33,7 @@ class KernelResult:
     uname: str = ""
     boot_seconds: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    console_tail: str = ""  # the serial console's last lines, kept when the guest gave no result
 
     @classmethod
     def of(cls, kernel: Kernel) -> "KernelResult":
@@ -99,6 +100,8 @@ def write_text(results: list[KernelResult], path: Path) -> None:
         console.print(render_table(results))
         for result in failures(results) + unproved(results):
             console.print(f"\n{result.release}: {result.status}: {result.reason}", markup=False)
+            if result.console_tail:
+                console.print(result.console_tail, markup=False, highlight=False)
             for row in (r for r in result.rows if result.row_failed(r)):
                 console.print(f"--- {row['unit']}: {row['error']}", markup=False)
                 if row.get("verifier_log"):

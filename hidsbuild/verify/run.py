@@ -107,7 +107,7 @@ def _verify_kernel(kernel: Kernel, apt: PrivateApt, sites: dict[str, Path], opts
     result.boot_seconds = round(run.seconds, 1)
     doc = run.result
     if doc is None:
-        result.status, result.reason = "boot failed", run.problem
+        result.status, result.reason, result.console_tail = "boot failed", run.problem, run.console_tail()
         return result
     result.uname = doc.get("uname", "")
     result.rows = doc.get("rows", [])
@@ -132,7 +132,8 @@ def run_verify(opts: VerifyOptions) -> list[KernelResult]:
     if not wheels:
         raise VerifyFailed(f"no hids_bytecode wheel in {opts.dist}: run `invoke build-all` first")
     sites = {arch: _site(wheel, opts.cache) for arch, wheel in wheels.items()}
-    apt = PrivateApt(opts.cache / "verify" / "apt", [k.suite for k in kernels], [k.deb_arch for k in kernels])
+    # apt reads relative Dir:: options against /, not the working directory.
+    apt = PrivateApt(opts.cache.resolve() / "verify" / "apt", [k.suite for k in kernels], [k.deb_arch for k in kernels])
     results = []
     for kernel in kernels:
         with step(f"verify {kernel.release} ({kernel.arch})"):
