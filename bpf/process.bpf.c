@@ -27,6 +27,7 @@ int exec__raw_tp(struct bpf_raw_tracepoint_args *ctx)
 	unsigned long arg_start = 0, arg_end = 0, len;
 	const char *filename = NULL;
 	int argc = 0;
+	char next = 0;
 	long n;
 
 	if (!ev)
@@ -36,7 +37,8 @@ int exec__raw_tp(struct bpf_raw_tracepoint_args *ctx)
 	if (n < 0) {
 		ev->filename[0] = 0;
 		ev->hdr.flags |= HIDS_F_READ_FAILED;
-	} else if (n == sizeof(ev->filename)) {
+	} else if (n == sizeof(ev->filename) &&
+		   bpf_probe_read_kernel(&next, 1, filename + sizeof(ev->filename) - 1) == 0 && next) {
 		ev->hdr.flags |= HIDS_F_TRUNCATED;
 	}
 	bpf_probe_read_kernel(&argc, sizeof(argc), &bprm->argc);
