@@ -131,7 +131,7 @@ def _check(entry: Any, facts: Any, listener: socket.socket) -> dict[str, Any]:
 
 def _program_row(report: Any, wrapper: bool) -> dict[str, str]:
     status, message = report.status, report.message
-    if not wrapper and report.family == "kprobe" and status != "attached":
+    if not wrapper and report.family == "kprobe" and status in ("not supported by this kernel", "skipped"):
         status, message = "n/a", NO_OLD_KPROBES
     return {"program": report.name, "section": report.section, "status": status, "message": message}
 
