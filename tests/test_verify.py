@@ -107,11 +107,10 @@ def test_two_kernel_series_pass(verify_project: Path, mini_objects: dict[str, by
         assert sorted(r["unit"] for r in kernel["rows"]) == [f"mini/{kernel['release']}/w{w}d0" for w in (0, 1)]
         for row in kernel["rows"]:
             assert (row["select"], row["load"], row["attach"], row["event"]) == ("ok", "ok", "ok", "ok"), row
-            # The trigger child opens /etc/hostname. Its exec is not reported: these kernels have
-            # kprobes, so the loader prefers mini's exec__kprobe, a stub that emits nothing.
-            assert row["events"].get("open", 0) >= 1 and row["events_missing"] == ["connect", "exec"], row
-            status = {p["program"]: p["status"] for p in row["programs"]}
-            assert status == {"exec__kprobe": "attached", "exec__tracepoint": "skipped", "open__tracepoint": "attached"}
+            # The trigger child execs python3 and opens /etc/hostname; mini has no connect hook.
+            assert row["events"].get("exec", 0) >= 1 and row["events"].get("open", 0) >= 1, row
+            assert row["events_missing"] == ["connect"]
+            assert {p["status"] for p in row["programs"]} <= {"attached", "skipped"}, row["programs"]
     text = (dist / "verify.txt").read_text()
     assert all(release in text for release in KERNELS)
 

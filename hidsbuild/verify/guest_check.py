@@ -7,6 +7,7 @@ is one JSON document printed between markers on the serial console, which `vm.py
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -91,14 +92,11 @@ def _check(entry: Any, facts: Any, listener: socket.socket) -> dict[str, Any]:
         return row
     row["select"] = "ok"
     lib = lb.get()
-    with lb.capture() as log:
-        try:
-            loaded = open_and_load(lib, read_verified(entry.object_path, entry.sha256), entry.unit)
-        except HidsError as exc:
-            loaded = None
-            row.update(load="fail", error=str(exc))
-    if loaded is None:
-        row["verifier_log"] = "\n".join(text for _, text in log)
+    data = read_verified(entry.object_path, entry.sha256)
+    try:
+        loaded = open_and_load(lib, data, entry.unit)
+    except HidsError as exc:
+        row.update(load="fail", error=str(exc), verifier_log=_full_log(lib, data))
         return row
     row["load"] = "ok"
     try:
@@ -127,6 +125,18 @@ def _check(entry: Any, facts: Any, listener: socket.socket) -> dict[str, Any]:
     finally:
         loaded.close()
     return row
+
+
+def _full_log(lib: Any, data: bytes) -> str:
+    """libbpf's whole output for a load of `data`, verifier log included: the loader keeps only the
+    one-line reason of a rejection, so the failed load is repeated here with every message kept."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    with lb.capture() as log:
+        obj = lib.bpf_object__open_mem(buf, len(data), None)
+        if obj:
+            lib.bpf_object__load(obj)
+            lib.bpf_object__close(obj)
+    return "\n".join(text for _, text in log)
 
 
 def _program_row(report: Any, wrapper: bool) -> dict[str, str]:
