@@ -45,9 +45,12 @@ def _variant_facts(facts: Any, wrapper: bool) -> Any:
 
 
 def _trigger(port: int) -> int:
-    """A child process (the agent's own tgid is filtered in-kernel) that execs, opens and connects."""
-    code = ("import socket; open('/etc/hostname').read(); "
-            f"socket.create_connection(('127.0.0.1', {port}), timeout=5).close()")
+    """A child process (the agent's own tgid is filtered in-kernel) that execs, opens a file,
+    connects to 127.0.0.1 and mounts and unmounts a tmpfs, so each object has something to report."""
+    code = ("import ctypes, os, socket; open('/etc/hostname').read(); "
+            f"socket.create_connection(('127.0.0.1', {port}), timeout=5).close(); "
+            "os.makedirs('/tmp/hids-mnt', exist_ok=True); libc = ctypes.CDLL(None, use_errno=True); "
+            "libc.mount(b'none', b'/tmp/hids-mnt', b'tmpfs', 0, None) == 0 and libc.umount2(b'/tmp/hids-mnt', 0)")
     child = subprocess.Popen([sys.executable, "-c", code])
     child.wait(timeout=60)
     return child.pid
@@ -58,12 +61,20 @@ def _read_events(loaded: Any, schema: Any, child: int) -> dict[str, int]:
     the stream went quiet after the first ones (an object need not emit every declared kind)."""
     wanted = {layout.name for layout in schema.events.values()}
     seen: dict[str, int] = {}
+    stop = threading.Event()
 
     def pump() -> None:
         counters = loaded.map_fd("counters") if "counters" in loaded.maps else None
-        for event in iter_events(loaded.lib, loaded.map_fd("events"), schema, counters):
-            if event.get("hdr", {}).get("tgid") == child:
-                seen[event["event"]] = seen.get(event["event"], 0) + 1
+        try:
+            for event in iter_events(loaded.lib, loaded.map_fd("events"), schema, counters):
+                if stop.is_set():
+                    return
+                if event.get("hdr", {}).get("tgid") == child:
+                    seen[event["event"]] = seen.get(event["event"], 0) + 1
+        except HidsError:
+            # Expected once the caller closed the object: its maps are gone and polling ends here.
+            if not stop.is_set():
+                raise
 
     threading.Thread(target=pump, daemon=True).start()
     deadline, quiet_since, last = time.monotonic() + EVENT_WAIT_S, time.monotonic(), 0
@@ -74,6 +85,7 @@ def _read_events(loaded: Any, schema: Any, child: int) -> dict[str, int]:
             quiet_since, last = time.monotonic(), total
         elif total and time.monotonic() - quiet_since > QUIET_S:
             break
+    stop.set()
     return dict(seen)
 
 
@@ -159,7 +171,7 @@ def main() -> int:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         for entry in sorted(entries, key=lambda e: e.unit):
-            print(f"hids-verify: {entry.unit}", file=sys.stderr, flush=True)
+            print(f"hids-verify: {entry.unit}", flush=True)
             doc["rows"].append(_check(entry, facts, listener))
     except Exception as exc:  # the host must always get a document, whatever broke in here
         doc["error"] = f"{type(exc).__name__}: {exc}"
