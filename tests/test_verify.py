@@ -4,8 +4,9 @@
 The objects are the loader tests' mini probe (tests/data/loader/mini_hids.bpf.c), compiled CO-RE
 with the host's clang and entered in a build directory as exact builds of the target kernels: this
 keeps the test independent of the bpf/ programs in progress while every step after the compile
-(bundle, image fetch, boot, select, verifier, attach, events) is the real one. Three boots in all:
-two kernels of different series that pass, and one kernel given an object the verifier rejects.
+(bundle, image fetch, boot, select, verifier, attach, events) is the real one. Four boots in all:
+two kernels of different series that pass, one kernel given an object the verifier rejects, and one
+stopped by the per-VM timeout before its /init runs.
 Kernel images and the guest base archive are cached under .cache/tests, like the headers.
 """
 
