@@ -110,7 +110,6 @@ def test_two_kernel_series_pass(verify_project: Path, mini_objects: dict[str, by
             assert (row["select"], row["load"], row["attach"], row["event"]) == ("ok", "ok", "ok", "ok"), row
             # The trigger child execs python3 and opens /etc/hostname; mini has no connect hook.
             assert row["events"].get("exec", 0) >= 1 and row["events"].get("open", 0) >= 1, row
-            assert row["events_missing"] == ["connect"]
             assert {p["status"] for p in row["programs"]} <= {"attached", "skipped"}, row["programs"]
     text = (dist / "verify.txt").read_text()
     assert all(release in text for release in KERNELS)

@@ -81,8 +81,6 @@ def render_table(results: list[KernelResult]) -> Table:
             continue
         for row in result.rows:
             note = row.get("error") or _na_note(row) or ", ".join(f"{k} {v}" for k, v in sorted(row["events"].items()))
-            if row.get("events_missing") and not row.get("error"):
-                note += f"; none of: {', '.join(row['events_missing'])}"
             table.add_row(result.release, result.uname, row["unit"].split("/", 1)[0] + " " + row["unit"].rsplit("/", 1)[-1],
                           *(_cell(row[k]) for k in ("select", "load", "attach", "event")), note)
     return table
