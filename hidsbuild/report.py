@@ -56,7 +56,7 @@ class UnitProgress:
 def summary_table(rows: dict[str, dict[str, Counter]], variants: list[str]) -> Table:
     """rows: target -> variant id -> Counter of statuses over programs."""
     table = Table(title="build-all: units per kernel and variant (w=syscall wrapper, d=debug)")
-    table.add_column("kernel")
+    table.add_column("kernel", no_wrap=True)
     for v in variants:
         table.add_column(v, justify="center")
     for target, cells in rows.items():
