@@ -78,10 +78,6 @@ class Kernel:
     def flavour(self) -> str:
         return _RELEASE.match(self.release).group("flavour")  # type: ignore[union-attr]
 
-    @property
-    def abi(self) -> str:
-        return _RELEASE.match(self.release).group("abi")  # type: ignore[union-attr]
-
 
 @dataclass(frozen=True)
 class CoreTarget:
@@ -98,9 +94,6 @@ class Matrix:
     programs: tuple[Program, ...]
     kernels: tuple[Kernel, ...]
     core: tuple[CoreTarget, ...]
-
-    def kernel(self, release: str, arch: str) -> Kernel:
-        return next(k for k in self.kernels if k.release == release and k.arch == arch)
 
 
 class _LineLoader(yaml.SafeLoader):
