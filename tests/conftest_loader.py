@@ -74,6 +74,14 @@ def compile_core(source: Path, workdir: Path, *defines: str) -> bytes:
     return obj.read_bytes()
 
 
+def _declared(data: bytes) -> dict[str, Any]:
+    """The entry's programs and maps, as the pipeline records them from the object."""
+    from hids_bytecode.elfinfo import inventory
+    found = inventory(data)
+    return {"programs": [{"name": n, "section": s, "type": s.split("/")[0]} for n, s in sorted(found.programs)],
+            "maps": sorted(found.maps)}
+
+
 def _entry(program: str, kind: str, data: bytes, source_text: bytes, wrapper: bool) -> dict[str, Any]:
     u = os.uname()
     sha = hashlib.sha256(data).hexdigest()
@@ -87,7 +95,7 @@ def _entry(program: str, kind: str, data: bytes, source_text: bytes, wrapper: bo
         "unit": f"{program}/{target}/w{int(wrapper)}d0", "program": program, "kind": kind, "kernel": kernel,
         "variant": {"syscall_wrapper": wrapper, "debug": False},
         "object": f"objects/{sha}.o", "sha256": sha, "size": len(data),
-        "programs": [], "maps": ["events", "counters", "config"],
+        **_declared(data),
         "toolchain": {"clang": "host", "image": "none"},
         "source": {"path": f"sources/{program}-{source_sha[:16]}.c", "sha256": source_sha},
         "cflags": [],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
+from .safefs import relative_path_problem
 
 __all__ = ["Entry", "Manifest", "data_dir", "load_manifest", "DATA_ENV"]
 
@@ -92,6 +93,29 @@ def data_dir() -> Path:
     return Path(str(resources.files("hids_bytecode") / "data"))
 
 
+def _entry_problem(raw: dict[str, Any]) -> str | None:
+    """Paths must stay inside the data dir (relative, normalised); programs and maps, checked
+    against the object before it is loaded, must be well-formed lists."""
+    paths = [("object", raw["object"])]
+    if raw.get("source") is not None:
+        source = raw["source"]
+        if not isinstance(source, dict) or not isinstance(source.get("sha256"), str):
+            return "has a malformed source"
+        paths.append(("source path", source.get("path")))
+    for what, rel in paths:
+        problem = relative_path_problem(rel)
+        if problem:
+            return f"{what} {rel!r} {problem}"
+    programs, maps = raw["programs"], raw["maps"]
+    if not isinstance(programs, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("section"), str)
+            for p in programs):
+        return "has malformed programs (expected [{\"name\", \"section\", ...}])"
+    if not isinstance(maps, list) or not all(isinstance(m, str) for m in maps):
+        return "has malformed maps (expected a list of names)"
+    return None
+
+
 def load_manifest(data: Path | None = None) -> Manifest:
     """Parse and check manifest.json; any defect is one ManifestError naming the file."""
     root = data or data_dir()
@@ -113,5 +137,8 @@ def load_manifest(data: Path | None = None) -> Manifest:
             raise ManifestError(f"{path}: objects[{index}] lacks {', '.join(missing)}")
         if not isinstance(raw["kernel"], dict) or "arch" not in raw["kernel"] or raw["kind"] not in ("exact", "core"):
             raise ManifestError(f"{path}: objects[{index}] ({raw['unit']}) has a malformed kernel or kind")
+        problem = _entry_problem(raw)
+        if problem:
+            raise ManifestError(f"{path}: objects[{index}] ({raw['unit']}) {problem}")
         entries.append(Entry(raw, root))
     return Manifest(path, str(doc.get("version", "unknown")), str(doc.get("source_hash", "unknown")), tuple(entries))

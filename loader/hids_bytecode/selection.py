@@ -1,7 +1,9 @@
 """Which object a host gets: exact build, then CO-RE, then (opt-in) runtime compilation.
 
 Every candidate considered is recorded as a Step with the reason it was taken or skipped, so
-`select --explain` can show the whole decision and a refusal can list what was tried.
+`select --explain` can show the whole decision and a refusal can list what was tried. A chosen
+shipped object is checked (path, hash, programs and maps: integrity.read_object) before it is
+returned: a tampered package is refused outright, never passed over for the next candidate.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .errors import BtfUnavailable, NoMatch
 from .hostinfo import HostFacts
+from .integrity import read_object
 from .manifest import Entry, Manifest
 from .runtime_compile import RuntimePlan, plan_runtime_compile
 
@@ -79,8 +82,9 @@ def _core_step(e: Entry, facts: HostFacts, debug: bool) -> Step:
 
 
 def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = False,
-           strict: bool = False, runtime_compile: bool = False) -> Choice:
-    """Pick the object for `program` on this host, or raise with every reason."""
+           strict: bool = False, runtime_compile: bool = False, verify: bool = True) -> Choice:
+    """Pick the object for `program` on this host, or raise with every reason; `verify=False` skips
+    reading the chosen object (a decision over entries whose files are not at hand)."""
     entries = [e for e in manifest.entries if e.program == program]
     if not entries:
         raise NoMatch(f"program {program!r} is not in the manifest (has: {', '.join(manifest.programs) or 'none'})")
@@ -89,6 +93,8 @@ def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = 
         step = _exact_step(e, facts, debug)
         steps.append(step)
         if step.taken:
+            if verify:
+                read_object(e)
             return Choice(program, "exact", e, tuple(steps))
     if not any(e.kind == "exact" for e in entries):
         steps.append(Step("exact", "-", False, "manifest has no exact builds of this program"))
@@ -100,6 +106,8 @@ def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = 
         step = _core_step(e, facts, debug)
         steps.append(step)
         if step.taken:
+            if verify:
+                read_object(e)
             return Choice(program, "core", e, tuple(steps))
     if not any(e.kind == "core" for e in entries):
         steps.append(Step("core", "-", False, "manifest has no CO-RE builds of this program"))
