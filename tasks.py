@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -21,17 +22,31 @@ DEFAULT_DIST = ROOT / "dist"
 DEFAULT_CACHE = ROOT / ".cache"
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that containers and scratch files are removed on the way out."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def _reported(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn an expected failure into one line on stderr and its own exit code."""
+    """Turn an expected failure into one line on stderr and its own exit code; Ctrl-C exits 130 and
+    SIGTERM 143, both after stopping what the task started."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
         except BuildError as exc:
             raise Exit(f"error: {exc}", code=exc.exit_code) from None
+        except _Terminated:
+            raise Exit("terminated: containers stopped, nothing half-written was kept", code=143) from None
         except KeyboardInterrupt:
-            raise Exit("interrupted: nothing half-written was kept", code=130) from None
+            raise Exit("interrupted: containers stopped, nothing half-written was kept", code=130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

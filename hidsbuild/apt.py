@@ -7,15 +7,24 @@ addresses come from the host's own apt configuration, never from this code.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import re
 import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HeadersUnavailable
 
-__all__ = ["Mirrors", "host_mirrors", "PrivateApt", "PackageRef"]
+__all__ = ["Mirrors", "host_mirrors", "PrivateApt", "PackageRef", "Remote", "fetch_all"]
 
+_FETCH_JOBS = 4  # concurrent downloads: enough to hide latency, few enough to be polite to a mirror
+
+_SUITE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 _HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 
 
@@ -26,6 +35,16 @@ class Mirrors:
 
     def for_suite(self, suite: str) -> str:
         return self.security if suite.endswith("-security") else self.debian
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A package file as the signed index describes it."""
+
+    uri: str
+    filename: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,10 @@ class PrivateApt:
         return opts
 
     def _write_config(self) -> None:
+        # kernels.yaml checks suites too; this line keeps a bad one from ever becoming a source line.
+        bad = [s for s in self.suites if not _SUITE.fullmatch(s)]
+        if bad:
+            raise HeadersUnavailable(f"refusing suite name {bad[0]!r}: not a Debian suite name")
         for sub in ("lists/partial", "cache/archives/partial"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "status").touch()
@@ -92,17 +115,22 @@ class PrivateApt:
         """Fetch and verify the package indices of our suites (once per instance)."""
         if self._updated:
             return
-        self._write_config()
-        proc = subprocess.run(["apt-get", *self._options(), "update"], capture_output=True, text=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Two builds sharing a cache dir share this state: apt's own locking is off (not root's
+        # dpkg), so one flock keeps their index updates from interleaving.
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._write_config()
+            proc = subprocess.run(["apt-get", *self._options(), "update"], capture_output=True, text=True)
         problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("E:", "W:", "Err:"))]
         if proc.returncode != 0 or any(ln.startswith(("E:", "Err:")) for ln in problems):
             raise HeadersUnavailable(f"apt update of {', '.join(self.suites)} failed: {'; '.join(problems) or proc.stderr.strip()}")
         self._updated = True
 
-    def download(self, refs: list[PackageRef], dest: Path) -> list[Path]:
-        """Download exact package versions into dest; name the first one the archive lacks."""
+    def locate(self, refs: list[PackageRef]) -> list[Remote]:
+        """Where each exact package version is served, with the size and sha256 apt verified
+        against the signed index; names the first one the archive lacks."""
         self.update()
-        dest.mkdir(parents=True, exist_ok=True)
         specs = []
         for ref in refs:
             names = [name for name, version, _ in self.madison(ref.name, ref.deb_arch) if version == ref.version]
@@ -112,16 +140,25 @@ class PrivateApt:
                     f"run `invoke kernels.discover --suite {ref.suite}` and update that kernel's version in kernels.yaml"
                 )
             specs.append(f"{names[0]}={ref.version}")
-        proc = subprocess.run(["apt-get", *self._options(), "download", *specs], cwd=dest, capture_output=True, text=True)
+        proc = subprocess.run(["apt-get", *self._options(), "--print-uris", "download", *specs],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             raise HeadersUnavailable(f"apt-get download {' '.join(specs)} failed: {proc.stderr.strip()}")
-        paths = []
-        for ref in refs:
-            found = sorted(dest.glob(f"{ref.name}_*.deb"))
-            if not found:
-                raise HeadersUnavailable(f"apt-get download left no .deb for {ref}")
-            paths.append(found[0])
-        return paths
+        # Lines read: 'URI' FILENAME SIZE SHA256:HEX
+        found = {}
+        for line in proc.stdout.splitlines():
+            match = re.fullmatch(r"'(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})", line.strip())
+            if match:
+                found[match.group(2).split("_", 1)[0]] = Remote(match.group(1), match.group(2), int(match.group(3)),
+                                                               match.group(4))
+        missing = [ref for ref in refs if ref.name not in found]
+        if missing:
+            raise HeadersUnavailable(f"apt names no download with a sha256 for {missing[0]}")
+        return [found[ref.name] for ref in refs]
+
+    def download(self, refs: list[PackageRef], dest: Path, on_progress: Callable[[int], None] | None = None) -> list[Path]:
+        """Download exact package versions into dest, concurrently, each checked against apt's sha256."""
+        return fetch_all(self.locate(refs), dest, on_progress)
 
     def madison(self, name: str, deb_arch: str) -> list[tuple[str, str, str]]:
         """(apt name, version, suite) of every copy of a package in deb_arch's indices.
@@ -144,3 +181,34 @@ class PrivateApt:
         self.update()
         proc = subprocess.run(["apt-cache", *self._options(), "pkgnames", prefix], capture_output=True, text=True)
         return sorted(proc.stdout.split())
+
+
+def _fetch_one(remote: Remote, dest: Path, on_progress: Callable[[int], None] | None) -> Path:
+    target = dest / remote.filename
+    partial = target.with_name(target.name + ".part")
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with urllib.request.urlopen(remote.uri, timeout=60) as response, open(partial, "wb") as out:
+            while chunk := response.read(1 << 16):
+                out.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+                if on_progress:
+                    on_progress(len(chunk))
+    except (OSError, urllib.error.URLError) as exc:
+        partial.unlink(missing_ok=True)
+        raise HeadersUnavailable(f"download of {remote.filename} from {remote.uri} failed: {exc}") from None
+    if size != remote.size or h.hexdigest() != remote.sha256:
+        partial.unlink(missing_ok=True)
+        raise HeadersUnavailable(f"{remote.filename}: got {size} bytes with sha256 {h.hexdigest()[:16]}..., the signed "
+                                 f"index says {remote.size} bytes, {remote.sha256[:16]}...: refused")
+    partial.replace(target)
+    return target
+
+
+def fetch_all(remotes: list[Remote], dest: Path, on_progress: Callable[[int], None] | None = None) -> list[Path]:
+    """Download every file concurrently (bounded); each is kept only if its size and sha256 match."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=_FETCH_JOBS) as pool:
+        return list(pool.map(lambda r: _fetch_one(r, dest, on_progress), remotes))

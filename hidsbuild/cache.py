@@ -1,9 +1,11 @@
 """Content-addressed object cache.
 
 An entry is a directory named by the unit's cache key holding `unit.o` and `meta.json`. It is
-written under a temporary name and renamed into place, and read back only when the object's
-sha256 matches its metadata, so a build killed at any moment never leaves an entry a later
-build trusts.
+written in a staging directory owned by this process and renamed into place, so a reader sees a
+whole entry or none; staging left by a process that died is removed by the next cache opened on
+the same directory. A hit is trusted only when its metadata is well formed, its object matches
+the recorded sha256 and size, and the object still passes validation with the programs and maps
+recorded; anything else is discarded with one line and rebuilt.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .artifacts import discard
+from .owners import make_scratch, reap_scratch
+from .validate import InvalidObject, validate_object
+
 __all__ = ["CachedObject", "ObjectCache"]
+
+# What every entry's meta.json holds, and of which type: anything else is not an entry of ours.
+_META_TYPES = {"sha256": str, "size": int, "programs": list, "maps": list, "compile_ns": int, "clang": str,
+               "toolchain": str}
 
 
 @dataclass(frozen=True)
@@ -30,18 +39,38 @@ class CachedObject:
 class ObjectCache:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._staging = root / ".staging"
+        reap_scratch(self._staging)
 
     def _dir(self, key: str) -> Path:
         return self.root / key[:2] / key
 
+    def _problem(self, data: bytes, meta: Any) -> str | None:
+        if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t) for k, t in _META_TYPES.items()):
+            return "meta.json is not an entry's metadata"
+        if len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            return "the object does not match the sha256 and size recorded when it was cached"
+        try:
+            info = validate_object(data)
+        except InvalidObject as exc:
+            return f"the object no longer validates: {exc}"
+        if list(info.programs) != meta["programs"] or list(info.maps) != meta["maps"]:
+            return "the object's programs or maps differ from those recorded"
+        return None
+
     def get(self, key: str) -> CachedObject | None:
         entry = self._dir(key)
+        if not entry.is_dir():
+            return None
         try:
             meta = json.loads((entry / "meta.json").read_text())
             data = (entry / "unit.o").read_bytes()
-        except (OSError, ValueError):
-            return None
-        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        except (OSError, ValueError) as exc:
+            problem: str | None = f"unreadable ({exc.__class__.__name__})"
+        else:
+            problem = self._problem(data, meta)
+        if problem:
+            discard(entry, f"cached object {key[:12]}", problem)
             return None
         return CachedObject(key, data, meta)
 
@@ -49,17 +78,22 @@ class ObjectCache:
         meta = {**meta, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         final = self._dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key[:8]}-"))
+        staging = make_scratch(self._staging, "put")
         try:
-            (staging / "unit.o").write_bytes(data)
-            (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-            for name in ("unit.o", "meta.json"):
-                with open(staging / name, "rb") as fh:
+            for name, content in (("unit.o", data), ("meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())):
+                with open(staging / name, "wb") as fh:
+                    fh.write(content)
+                    fh.flush()
                     os.fsync(fh.fileno())
-            if final.exists():  # a stale or concurrent entry: same key means same inputs
-                shutil.rmtree(final)
-            staging.rename(final)
+            try:
+                staging.rename(final)
+            except OSError:
+                # Another build sharing this cache put the same key (same inputs) first: keep a
+                # good entry, replace a bad one.
+                existing = self.get(key)
+                if existing is not None:
+                    return existing
+                staging.rename(final)
         finally:
-            if staging.exists():
-                shutil.rmtree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
         return CachedObject(key, data, meta)

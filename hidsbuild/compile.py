@@ -1,25 +1,25 @@
 """Where a compile runs: a batch of units (one kernel's) inside one toolchain container.
 
 The container runs templates/compile_unit.sh for every unit with `xargs -P <cores>`, so a
-kernel's units share one container start and every core. The host watches the output
-directory and validates and caches each object as soon as its unit finishes.
+kernel's units share one container start and every core. The host watches the bind-mounted
+output directory and validates and caches each object as soon as its unit finishes; a unit
+whose object is cut or invalid fails and leaves nothing in the cache.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
-import docker.errors
 
+from . import containers
 from .cache import CachedObject, ObjectCache
-from .errors import ToolchainError
+from .owners import make_scratch
 from .toolchain import ToolchainImage
 from .units import Unit
 from .validate import InvalidObject, validate_object
@@ -46,12 +46,18 @@ class Outcome:
 
 
 def _finish(job: Job, out: Path, image: ToolchainImage, cache: ObjectCache) -> Outcome:
-    status_text, ns_text = (out / "result").read_text().split()
     stderr = (out / "stderr").read_text(errors="replace") if (out / "stderr").exists() else ""
-    compile_ns = int(ns_text)
+    try:
+        status_text, ns_text = (out / "result").read_text().split()
+        compile_ns = int(ns_text)
+    except ValueError:
+        return Outcome(job, "failed", 0, f"the unit's result record is malformed: {stderr.strip()}")
     if status_text != "0":
         return Outcome(job, "failed", compile_ns, stderr.strip() or f"compiler exited with status {status_text}")
-    data = (out / "unit.o").read_bytes()
+    try:
+        data = (out / "unit.o").read_bytes()
+    except OSError:
+        return Outcome(job, "failed", compile_ns, "the compiler reported success but left no object")
     try:
         info = validate_object(data)
     except InvalidObject as exc:
@@ -78,12 +84,13 @@ def run_batch(
     cache: ObjectCache,
     scratch: Path,
     on_done: Callable[[Outcome], None],
+    stop: threading.Event,
     parallel: int | None = None,
-) -> list[Outcome]:
-    """Compile `jobs` in one container; `mounts` maps host dirs to read-only container paths."""
+) -> None:
+    """Compile `jobs` in one container; `mounts` maps host dirs to read-only container paths.
+    Each outcome goes to `on_done` as soon as its unit finishes; `stop` kills the container."""
     parallel = parallel or os.cpu_count() or 1
-    scratch.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(dir=scratch, prefix="batch-"))
+    workdir = make_scratch(scratch, "batch")
     pending: dict[str, Job] = {}
     try:
         for index, job in enumerate(jobs):
@@ -93,47 +100,28 @@ def run_batch(
             pending[name] = job
         volumes = {str(sources): {"bind": "/src", "mode": "ro"}, str(workdir): {"bind": "/out", "mode": "rw"}}
         volumes.update({str(host): {"bind": path, "mode": "ro"} for host, path in mounts.items()})
-        try:
-            container = client.containers.run(
-                image.tag,
-                ["sh", "-c", f"ls /out | xargs -P {parallel} -n 1 compile_unit.sh"],
-                volumes=volumes,
-                network_disabled=True,
-                user=f"{os.getuid()}:{os.getgid()}",
-                detach=True,
-            )
-        except docker.errors.DockerException as exc:
-            raise ToolchainError(f"cannot start the toolchain container: {exc}") from None
-        outcomes: list[Outcome] = []
-        try:
-            while pending:
-                running = container.status != "exited"
-                for name in sorted(pending):
-                    if (workdir / name / "result").exists():
-                        outcome = _finish(pending.pop(name), workdir / name, image, cache)
-                        outcomes.append(outcome)
-                        on_done(outcome)
-                if not running:
-                    break
-                time.sleep(_POLL_SECONDS)
-                container.reload()
-            exit_info = container.wait()
+        # Per-unit errors land in /out/<unit>/stderr; this file catches the shell's and xargs' own.
+        script = f"ls /out | grep '^u' | xargs -P {parallel} -n 1 compile_unit.sh 2> /out/batch.stderr"
+        container = containers.start(client, image.tag, ["sh", "-c", script], volumes)
+
+        def collect() -> None:
             for name in sorted(pending):
-                result = workdir / name / "result"
-                if result.exists():
-                    outcome = _finish(pending[name], workdir / name, image, cache)
-                else:
-                    logs = container.logs().decode(errors="replace").strip()[-2000:]
-                    outcome = Outcome(pending[name], "failed",
-                                      error=f"container exited ({exit_info.get('StatusCode')}) before this unit ran: {logs}")
-                outcomes.append(outcome)
-                on_done(outcome)
-            pending.clear()
-        finally:
-            try:
-                container.remove(force=True)
-            except docker.errors.DockerException:
-                pass
-        return outcomes
+                if (workdir / name / "result").exists():
+                    on_done(_finish(pending.pop(name), workdir / name, image, cache))
+
+        exit_status: list[int] = []
+        watcher = threading.Thread(target=lambda: exit_status.append(containers.wait(container, stop)), daemon=True)
+        watcher.start()
+        while watcher.is_alive():
+            collect()
+            watcher.join(_POLL_SECONDS)
+        if stop.is_set():
+            raise containers.Interrupted()
+        collect()
+        stderr = (workdir / "batch.stderr").read_text(errors="replace").strip()[-2000:] \
+            if (workdir / "batch.stderr").exists() else ""
+        for name in sorted(pending):
+            on_done(Outcome(pending.pop(name), "failed",
+                            error=f"container exited ({exit_status[0] if exit_status else '?'}) before this unit ran: {stderr}"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,21 +1,25 @@
 """Kernel headers: the real Debian packages, fetched with apt and cached extracted on disk.
 
 The cache is keyed by package, version and architecture; an entry appears only once fully
-extracted (extract into a temporary directory, then rename), so an interrupted fetch never
-leaves a tree a later build would trust.
+extracted and recorded file by file (extract into a temporary directory, record, then rename),
+and every tree is checked against that record before a compile mounts it, so neither an
+interrupted fetch nor a later edit leaves a tree a build would trust.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .apt import PackageRef, PrivateApt
+from .apt import PackageRef, PrivateApt, fetch_all
+from .artifacts import record_tree, tree_intact
 from .errors import HeadersUnavailable
 from .kernels import Kernel
+from .report import ByteProgress
 
 __all__ = ["KernelHeaders", "HeadersCache"]
 
@@ -50,24 +54,41 @@ class HeadersCache:
     def missing(self, kernel: Kernel) -> list[PackageRef]:
         return [ref for ref in self.refs(kernel) if not self._entry(ref).is_dir()]
 
-    def ensure(self, kernel: Kernel) -> KernelHeaders:
-        """Fetch what is missing, then describe the kernel's header trees."""
-        missing = self.missing(kernel)
-        if missing:
-            if self.apt is None:
-                raise HeadersUnavailable(f"headers of {kernel.release} are not cached and no archive access was given")
-            self.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=self.root, prefix=".fetch-") as tmp:
-                debs = self.apt.download(missing, Path(tmp) / "debs")
-                for ref, deb in zip(missing, debs):
-                    staging = Path(tmp) / ref.name
-                    subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True, capture_output=True)
-                    entry = self._entry(ref)
-                    if entry.exists():  # another build got there first
-                        shutil.rmtree(staging)
-                    else:
-                        staging.rename(entry)
-        return self.describe(kernel)
+    def check(self, kernels: list[Kernel]) -> None:
+        """Hash every cached tree these kernels compile against; a tree that changed since it was
+        extracted (cut, edited) is discarded so that `fetch` gets it again."""
+        for ref in dict.fromkeys(ref for k in kernels for ref in self.refs(k)):
+            tree_intact(self._entry(ref), f"headers {ref.name}={ref.version}")
+
+    def fetch(self, kernels: list[Kernel]) -> None:
+        """Download every missing package of these kernels at once (concurrently, sha256-checked),
+        extract each, check it holds the trees a compile needs, and only then move it into the cache."""
+        missing = list(dict.fromkeys(ref for k in kernels for ref in self.missing(k)))
+        if not missing:
+            return
+        if self.apt is None:
+            raise HeadersUnavailable(f"headers of {', '.join(k.release for k in kernels)} are not cached "
+                                     "and no archive access was given")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=f".fetch-{os.getpid()}-") as tmp:
+            remotes = self.apt.locate(missing)
+            with ByteProgress(f"headers ({len(remotes)} packages)", sum(r.size for r in remotes)) as progress:
+                debs = fetch_all(remotes, Path(tmp) / "debs", progress.advance)
+            for ref, deb in zip(missing, debs):
+                staging = Path(tmp) / ref.name
+                proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise HeadersUnavailable(f"{deb.name}: cannot be extracted: {proc.stderr.strip()}")
+                if not any((staging / "usr/src").glob("linux-headers-*")):
+                    raise HeadersUnavailable(f"{deb.name} holds no /usr/src/linux-headers-* tree")
+                entry = self._entry(ref)
+                record_tree(staging, entry)
+                try:
+                    staging.rename(entry)
+                except OSError:  # another build sharing this cache got there first; its tree is as good
+                    shutil.rmtree(staging)
+        for kernel in kernels:
+            self.describe(kernel)
 
     def describe(self, kernel: Kernel) -> KernelHeaders:
         roots = tuple(self._entry(ref) for ref in self.refs(kernel))

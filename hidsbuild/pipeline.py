@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -18,18 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import btf_header
 from .apt import PrivateApt
+from .artifacts import write_atomic
 from .cache import ObjectCache
 from .compile import Job, Outcome, run_batch
+from .containers import reap_leftovers
 from .errors import HeadersUnavailable, UnitsFailed
 from .headers import HeadersCache, KernelHeaders
 from .kernels import Kernel, Matrix, load_matrix
+from .owners import make_scratch, reap_scratch
 from .report import UnitProgress, console, failure_report, step, summary_table
 from .stitch import Stitched, StitchError, stitch
 from .toolchain import ToolchainImage, docker_client, ensure_image, recipe_hash
 from .units import BTF_DIR, HEADERS_DIR, Unit, cache_key, compile_args, enumerate_units, shard
 
-__all__ = ["BuildOptions", "BuildResult", "build_all", "write_atomic"]
+__all__ = ["BuildOptions", "BuildResult", "build_all"]
 
 
 @dataclass(frozen=True)
@@ -50,20 +53,6 @@ class BuildResult:
         return sum(1 for o in self.outcomes if o.status == status)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class _Planner:
     """Works out each unit's compiler arguments and cache key from what is on disk."""
 
@@ -74,6 +63,7 @@ class _Planner:
         self.headers = HeadersCache(cache_dir / "headers", None)
         self.recipe = recipe_hash(matrix.toolchain)
         self._described: dict[Kernel, KernelHeaders | None] = {}
+        self._btf_identity: dict[str, str | None] = {}
 
     def kernel_headers(self, kernel: Kernel) -> KernelHeaders | None:
         if kernel not in self._described:
@@ -89,11 +79,13 @@ class _Planner:
         """The unit's job, or None while an input it depends on is not on disk yet."""
         source = self.stitched[unit.program.name].sha256
         if unit.kernel is None:
-            header = self.btf_header(unit.arch)
-            if not header.is_file():
+            if unit.arch not in self._btf_identity:
+                data = btf_header.load(self.btf_header(unit.arch))
+                self._btf_identity[unit.arch] = None if data is None else "btf:" + hashlib.sha256(data).hexdigest()
+            identity = self._btf_identity[unit.arch]
+            if identity is None:
                 return None
             args = compile_args(unit, None, self.matrix.toolchain.clang)
-            identity = "btf:" + hashlib.sha256(header.read_bytes()).hexdigest()
         else:
             headers = self.kernel_headers(unit.kernel)
             if headers is None:
@@ -102,8 +94,10 @@ class _Planner:
             identity = headers.identity
         return Job(unit, args, cache_key(unit, args, source, identity, self.recipe))
 
-    def refresh(self, kernel: Kernel, headers: KernelHeaders) -> None:
-        self._described[kernel] = headers
+    def forget(self) -> None:
+        """Inputs were fetched or discarded: describe them again on the next look."""
+        self._described.clear()
+        self._btf_identity.clear()
 
 
 def _stitch_all(matrix: Matrix) -> dict[str, Stitched]:
@@ -116,18 +110,6 @@ def _stitch_all(matrix: Matrix) -> dict[str, Stitched]:
         except StitchError as exc:
             raise UnitsFailed(f"stitching {program.name}: {exc}") from None
     return result
-
-
-def _generate_btf_header(client: Any, image: ToolchainImage, headers: KernelHeaders, dest: Path) -> None:
-    """vmlinux.h from the BTF in the kernel's headers package (Debian ships a BTF-only vmlinux)."""
-    mounts = {str(root): {"bind": f"{HEADERS_DIR}/{i}", "mode": "ro"} for i, root in enumerate(headers.packages)}
-    vmlinux = f"{HEADERS_DIR}/{headers.flavour}/vmlinux"
-    try:
-        out = client.containers.run(image.tag, ["bpftool", "btf", "dump", "file", vmlinux, "format", "c"],
-                                    volumes=mounts, remove=True, network_disabled=True)
-    except Exception as exc:  # docker.errors.ContainerError carries bpftool's stderr
-        raise HeadersUnavailable(f"no BTF for CO-RE in {headers.kernel.release}'s headers ({vmlinux}): {exc}") from None
-    write_atomic(dest, out)
 
 
 def _index_entry(outcome: Outcome, matrix: Matrix, stitched: Stitched) -> dict[str, Any]:
@@ -190,7 +172,6 @@ def build_all(opts: BuildOptions) -> BuildResult:
     planner = _Planner(matrix, opts.cache_dir, stitched)
     cache = ObjectCache(opts.cache_dir / "objects")
     result = BuildResult()
-    lock = threading.Lock()
 
     with step(f"plan {len(units)} units against the cache"):
         todo: list[Unit] = []
@@ -204,7 +185,7 @@ def build_all(opts: BuildOptions) -> BuildResult:
     console.print(f"  {len(units) - len(todo)} cached, {len(todo)} to build")
 
     if todo:
-        _build_missing(matrix, opts, planner, cache, todo, result, lock, stitched)
+        _build_missing(matrix, opts, planner, cache, todo, result, stitched)
 
     entries = [_index_entry(o, matrix, stitched[o.job.unit.program.name]) for o in result.outcomes if o.object]
     result.failures = sorted((o.job.unit.id, o.error) for o in result.outcomes if o.status == "failed")
@@ -224,41 +205,42 @@ def build_all(opts: BuildOptions) -> BuildResult:
     return result
 
 
-def _build_missing(matrix: Matrix, opts: BuildOptions, planner: _Planner, cache: ObjectCache, todo: list[Unit],
-                   result: BuildResult, lock: threading.Lock, stitched: dict[str, Stitched]) -> None:
-    client = docker_client()
-    with step("toolchain image"):
-        image = ensure_image(client, matrix.toolchain, opts.cache_dir / "state")
-
+def _prepare_inputs(client: Any, image: ToolchainImage, matrix: Matrix, opts: BuildOptions, planner: _Planner,
+                    todo: list[Unit]) -> None:
+    """Make every input the missing units compile against whole: header trees checked file by file
+    (a changed one is fetched again), missing ones fetched concurrently, CO-RE headers dumped."""
     kernels = list(dict.fromkeys(u.kernel for u in todo if u.kernel))
     core_arches = list(dict.fromkeys(u.arch for u in todo if u.kernel is None))
-    core_kernels = [c.btf_from for c in matrix.core if c.arch in core_arches]
-    need = [k for k in dict.fromkeys(kernels + core_kernels) if planner.headers.missing(k)]
+    dump_arches = [a for a in core_arches if btf_header.load(planner.btf_header(a)) is None]
+    core_kernels = [c.btf_from for c in matrix.core if c.arch in dump_arches]
+    wanted = list(dict.fromkeys(kernels + core_kernels))
+    headers = HeadersCache(opts.cache_dir / "headers", None)
+    with step(f"check the header trees of {len(wanted)} kernel(s)"):
+        headers.check(wanted)
+    need = [k for k in wanted if headers.missing(k)]
     if need:
         with step(f"fetch kernel headers for {len(need)} kernel(s)"):
             apt = PrivateApt(opts.cache_dir / "apt", [k.suite for k in need], [k.deb_arch for k in need])
-            fetcher = HeadersCache(opts.cache_dir / "headers", apt)
+            HeadersCache(opts.cache_dir / "headers", apt).fetch(need)
             for kernel in need:
-                planner.refresh(kernel, fetcher.ensure(kernel))
                 console.print(f"  {kernel.release}: {', '.join(kernel.headers)} {kernel.version}")
-    for arch in core_arches:
-        header = planner.btf_header(arch)
-        if not header.is_file():
-            target = next(c for c in matrix.core if c.arch == arch)
-            with step(f"vmlinux.h for CO-RE {arch} from {target.btf_from.release}"):
-                _generate_btf_header(client, image, planner.kernel_headers(target.btf_from), header)
+    planner.forget()
+    for arch in dump_arches:
+        target = next(c for c in matrix.core if c.arch == arch)
+        with step(f"vmlinux.h for CO-RE {arch} from {target.btf_from.release}"):
+            described = planner.kernel_headers(target.btf_from)
+            assert described is not None
+            btf_header.generate(client, image.tag, described, planner.btf_header(arch), opts.cache_dir / "tmp")
+    planner.forget()
 
-    batches: dict[str, list[Job]] = defaultdict(list)
-    for unit in todo:
-        job = planner.job(unit)
-        assert job is not None
-        hit = cache.get(job.key)  # the headers just fetched may complete a key already cached
-        if hit:
-            result.outcomes.append(Outcome(job, "cached", hit.meta["compile_ns"], object=hit))
-        else:
-            batches[unit.target].append(job)
 
-    src_dir = Path(tempfile.mkdtemp(prefix="hids-src-"))
+def _compile(client: Any, image: ToolchainImage, opts: BuildOptions, planner: _Planner, cache: ObjectCache,
+             batches: dict[str, list[Job]], stitched: dict[str, Stitched], result: BuildResult) -> None:
+    """Compile each target's batch in its own container, targets side by side; Ctrl-C (or SIGTERM)
+    stops every container at once."""
+    lock = threading.Lock()
+    stop = threading.Event()
+    src_dir = make_scratch(opts.cache_dir / "tmp", "src")
     try:
         for s in stitched.values():
             (src_dir / f"{s.program}.c").write_text(s.text)
@@ -271,20 +253,47 @@ def _build_missing(matrix: Matrix, opts: BuildOptions, planner: _Planner, cache:
                     result.outcomes.append(outcome)
                     progress.done(outcome.status)
 
-            def batch(target: str) -> None:
-                jobs = batches[target]
+            def batch(jobs: list[Job]) -> None:
                 unit = jobs[0].unit
                 if unit.kernel is not None:
                     headers = planner.kernel_headers(unit.kernel)
+                    assert headers is not None
                     mounts = {root: f"{HEADERS_DIR}/{i}" for i, root in enumerate(headers.packages)}
                 else:
                     mounts = {planner.btf_header(unit.arch).parent: f"{BTF_DIR}/{unit.arch}"}
-                run_batch(client, image, jobs, src_dir, mounts, cache, opts.cache_dir / "tmp", done, opts.parallel)
+                run_batch(client, image, jobs, src_dir, mounts, cache, opts.cache_dir / "tmp", done, stop,
+                          opts.parallel)
 
             cores = opts.parallel or os.cpu_count() or 1
-            with ThreadPoolExecutor(max_workers=max(1, min(len(batches), cores))) as pool:
-                for future in [pool.submit(batch, t) for t in batches]:
+            pool = ThreadPoolExecutor(max_workers=max(1, min(len(batches), cores)))
+            try:
+                for future in [pool.submit(batch, jobs) for jobs in batches.values()]:
                     future.result()
+            except BaseException:
+                stop.set()  # every running batch kills its container within a poll
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         shutil.rmtree(src_dir, ignore_errors=True)
 
+
+def _build_missing(matrix: Matrix, opts: BuildOptions, planner: _Planner, cache: ObjectCache, todo: list[Unit],
+                   result: BuildResult, stitched: dict[str, Stitched]) -> None:
+    client = docker_client()
+    reap_leftovers(client)
+    reap_scratch(opts.cache_dir / "tmp")
+    with step("toolchain image"):
+        image = ensure_image(client, matrix.toolchain, opts.cache_dir / "state")
+    _prepare_inputs(client, image, matrix, opts, planner, todo)
+    batches: dict[str, list[Job]] = defaultdict(list)
+    for unit in todo:
+        job = planner.job(unit)
+        if job is None:
+            raise HeadersUnavailable(f"inputs of {unit.id} are still missing after fetching them")
+        hit = cache.get(job.key)  # the headers just fetched may complete a key already cached
+        if hit:
+            result.outcomes.append(Outcome(job, "cached", hit.meta["compile_ns"], object=hit))
+        else:
+            batches[unit.target].append(job)
+    _compile(client, image, opts, planner, cache, batches, stitched, result)

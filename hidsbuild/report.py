@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TransferSpeedColumn)
 from rich.table import Table
 
-__all__ = ["console", "step", "UnitProgress", "summary_table", "failure_report"]
+__all__ = ["console", "step", "UnitProgress", "ByteProgress", "summary_table", "failure_report"]
 
 console = Console(stderr=True, highlight=False)
 
@@ -51,6 +52,25 @@ class UnitProgress:
     def done(self, status: str) -> None:
         self.counts[status] += 1
         self._progress.update(self._task, advance=1, detail=self._detail())
+
+
+class ByteProgress:
+    """A progress bar over bytes downloaded; `advance` is safe to call from worker threads."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self._progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                  TimeElapsedColumn(), console=console, transient=False)
+        self._task = self._progress.add_task(label, total=total)
+
+    def __enter__(self) -> "ByteProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self, count: int) -> None:
+        self._progress.update(self._task, advance=count)
 
 
 def summary_table(rows: dict[str, dict[str, Counter]], variants: list[str]) -> Table:

@@ -21,9 +21,13 @@ import docker
 import docker.errors
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from . import containers
 from .apt import host_mirrors
+from .artifacts import read_checked, write_checked
 from .errors import ToolchainError
 from .kernels import Toolchain
+from .owners import make_scratch
+from .report import console
 
 __all__ = ["ToolchainImage", "recipe_hash", "ensure_image", "docker_client"]
 
@@ -88,36 +92,62 @@ def _ensure_base(client: docker.DockerClient, tc: Toolchain) -> None:
         client.api.import_image_from_file(str(tarball), repository=repo, tag=tag)
 
 
-def _clang_version(client: docker.DockerClient, tag: str) -> str:
-    out = client.containers.run(tag, ["clang", "--version"], remove=True).decode()
-    return out.splitlines()[0].strip()
+def _probe_image(client: docker.DockerClient, tag: str, scratch: Path) -> str:
+    """Check that a freshly built image can compile (clang, llc and bpftool answer) and return
+    clang's version line; the answers come back through a mounted directory, not the log."""
+    out = make_scratch(scratch, "probe")
+    try:
+        status = containers.run_to_dir(
+            client, tag, "{ clang --version && llc --version && bpftool version; } > /out/versions 2> /out/stderr",
+            {}, out)
+        versions = (out / "versions").read_text() if (out / "versions").exists() else ""
+        if status != 0 or not versions.startswith(("Debian clang", "clang")):
+            stderr = (out / "stderr").read_text(errors="replace").strip() if (out / "stderr").exists() else ""
+            raise ToolchainError(f"toolchain image {tag} cannot compile (exit {status}): {stderr[-500:]}")
+        return versions.splitlines()[0].strip()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _build_image(client: docker.DockerClient, tc: Toolchain, tag: str) -> None:
+    _ensure_base(client, tc)
+    log.info("building toolchain image %s (clang-%s)", tag, tc.clang)
+    with tempfile.TemporaryDirectory(prefix="hids-toolchain-") as ctx:
+        (Path(ctx) / "Dockerfile").write_text(_render_dockerfile(tc))
+        shutil.copy(TEMPLATES / _COMPILE_SCRIPT, Path(ctx) / _COMPILE_SCRIPT)
+        try:
+            client.images.build(path=ctx, tag=tag, rm=True, forcerm=True)
+        except docker.errors.BuildError as exc:
+            tail = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)[-2000:]
+            raise ToolchainError(f"toolchain image build failed: {exc.msg}\n{tail}") from None
 
 
 def ensure_image(client: docker.DockerClient, tc: Toolchain, state_dir: Path) -> ToolchainImage:
-    """Return the toolchain image for this recipe, building it (and its base) if absent."""
+    """Return the toolchain image for this recipe, building it (and its base) if absent.
+
+    An image is recorded (id and clang version) only after a probe shows it compiles, and the
+    record is checked against the tag's image id on every use: an image replaced under the same
+    tag is rebuilt from the recipe, not trusted.
+    """
     recipe = recipe_hash(tc)
     tag = f"hids-toolchain:{recipe}"
-    meta = state_dir / f"toolchain-{recipe}.json"
+    meta_path = state_dir / f"toolchain-{recipe}.json"
+    meta = read_checked(meta_path, f"toolchain record {recipe}")
     try:
-        client.images.get(tag)
+        image_id = client.images.get(tag).id
     except docker.errors.ImageNotFound:
-        _ensure_base(client, tc)
-        log.info("building toolchain image %s (clang-%s)", tag, tc.clang)
-        with tempfile.TemporaryDirectory(prefix="hids-toolchain-") as ctx:
-            (Path(ctx) / "Dockerfile").write_text(_render_dockerfile(tc))
-            shutil.copy(TEMPLATES / _COMPILE_SCRIPT, Path(ctx) / _COMPILE_SCRIPT)
-            try:
-                client.images.build(path=ctx, tag=tag, rm=True, forcerm=True)
-            except docker.errors.BuildError as exc:
-                tail = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)[-2000:]
-                raise ToolchainError(f"toolchain image build failed: {exc.msg}\n{tail}") from None
-        meta.unlink(missing_ok=True)
-    if meta.is_file():
-        clang = json.loads(meta.read_text())["clang"]
-    else:
-        clang = _clang_version(client, tag)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"clang": clang, "tag": tag}))
-        tmp.replace(meta)
-    return ToolchainImage(tag, recipe, clang)
+        image_id = None
+    recorded = json.loads(meta) if meta else None
+    if image_id is not None and recorded is not None and recorded.get("image_id") != image_id:
+        console.print(f"[yellow]toolchain image {tag} is not the one this cache recorded; rebuilding it[/]")
+        client.images.remove(tag, force=True)
+        image_id = None
+    if image_id is None:
+        _build_image(client, tc, tag)
+        image_id = client.images.get(tag).id
+        recorded = None
+    if recorded is None:
+        clang = _probe_image(client, tag, state_dir / "tmp")
+        recorded = {"clang": clang, "tag": tag, "image_id": image_id}
+        write_checked(meta_path, json.dumps(recorded, sort_keys=True).encode())
+    return ToolchainImage(tag, recipe, recorded["clang"])
