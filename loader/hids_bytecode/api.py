@@ -2,8 +2,11 @@
 
     facts = hostinfo.gather(); choice = choose("file", facts)
     result = load("file")            # select, verify, load, attach, pin
-    for event in watch("file"): ...  # decoded events as dicts
+    for event in watch("file"): ...  # decoded events as dicts; this process is the ring's one consumer
     unload("file")
+
+SIGINT/SIGTERM are held while libbpf runs and during pinning (interrupts.py), then act: a load
+is complete or absent, never half-pinned. The pin layout and the agent contract: docs/PINS.md.
 """
 
 from __future__ import annotations
@@ -14,17 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import interrupts
 from . import libbpf as lb
-from .attach import ProgramReport, attach_all, open_and_load, pin_all, write_agent_tgid
+from .attach import ProgramReport, attach_all, open_and_load, pin_all, set_agent_tgid, write_agent_tgid
 from .btf_layout import schema_from_btf, schema_from_object_file
 from .bpftool_backend import load_with_bpftool
-from .errors import LoadError
+from .errors import AlreadyLoaded, InvalidArgument, LoadError, NotLoaded
 from .events import iter_events
 from .hostinfo import HostFacts, gather
 from .integrity import read_verified
 from .manifest import Manifest, load_manifest
 from .mounts import ensure_bpf_filesystems
-from .pins import pin_dir, unpin
+from .pins import PinTree, check_name, locked_tree
 from .runtime_compile import compile_plan
 from .selection import Choice, select
 
@@ -45,9 +49,11 @@ class LoadResult:
     choice: Choice
     pins: Path
     reports: list[ProgramReport] = field(default_factory=list)
+    agent_pid: int = 0  # what `config` holds: 0 filters nothing
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.choice.as_dict(), "pins": str(self.pins), "programs": [r.as_dict() for r in self.reports]}
+        return {**self.choice.as_dict(), "pins": str(self.pins), "agent_pid": self.agent_pid,
+                "programs": [r.as_dict() for r in self.reports]}
 
 
 def choose(program: str, facts: HostFacts | None = None, options: Options = Options(),
@@ -64,59 +70,139 @@ def object_for(choice: Choice, facts: HostFacts) -> tuple[bytes, Path]:
     return read_verified(choice.entry.object_path, choice.entry.sha256), choice.entry.object_path
 
 
-def load(program: str, options: Options = Options(), facts: HostFacts | None = None) -> LoadResult:
-    """Select, verify, load, attach and pin `program`; the pins outlive this process."""
+def check_agent_pid(pid: int) -> int:
+    """`pid` when it names a live process: the agent that will consume the events."""
+    if not isinstance(pid, int) or pid <= 0:
+        raise InvalidArgument(f"agent pid {pid!r} must be a positive integer")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise InvalidArgument(f"agent pid {pid} does not exist") from None
+    except PermissionError:
+        pass  # exists, owned by another user
+    return pid
+
+
+def load(program: str, options: Options = Options(), facts: HostFacts | None = None,
+         agent_pid: int | None = None) -> LoadResult:
+    """Select, verify, load, attach and pin `program`; the pins outlive this process.
+
+    `config` gets `agent_pid` (an agent that will read the pins and must clear it when it stops,
+    docs/PINS.md) or 0: never this process's pid, which dies and can be reused."""
+    check_name(program)
+    tgid = 0 if agent_pid is None else check_agent_pid(agent_pid)
     facts = facts or gather()
     choice = choose(program, facts, options)
     data, _ = object_for(choice, facts)
     ensure_bpf_filesystems()
+    with locked_tree(create=True) as tree:
+        if tree.loaded(program):  # before any bpf() call
+            raise AlreadyLoaded(f"{program} is already loaded (pins under {tree.path / program}); "
+                                f"run `hids-bytecode unload {program}` first")
+        with interrupts.deferred():
+            staging = tree.staging(() if options.backend == "bpftool" else ("maps", "progs", "links"))
+            try:
+                reports = _load_into(tree.path / staging, data, choice, options, tgid)
+                interrupts.check()
+                root = tree.commit(staging, program)
+            except BaseException:
+                tree.remove(staging)
+                raise
+    return LoadResult(choice, root, reports, tgid)
+
+
+def _load_into(staging: Path, data: bytes, choice: Choice, options: Options, tgid: int) -> list[ProgramReport]:
     if options.backend == "bpftool":
-        root, reports = load_with_bpftool(data, program)
-        return LoadResult(choice, root, reports)
-    lib = lb.get(echo=options.verbose)
-    loaded = open_and_load(lib, data, choice.entry.unit)
+        return load_with_bpftool(data, staging)
+    loaded = open_and_load(lb.get(echo=options.verbose), data, choice.entry.unit)
     try:
-        write_agent_tgid(loaded)
+        interrupts.check()
+        write_agent_tgid(loaded, tgid)
         reports = attach_all(loaded)
-        root = pin_all(loaded, program)
+        interrupts.check()
+        pin_all(loaded, staging)
+        return reports
     finally:
         loaded.close()
-    return LoadResult(choice, root, reports)
 
 
 def unload(program: str) -> list[Path]:
-    return unpin(program)
+    """Remove `program`'s pins (which detaches it once no process holds it); the removed paths."""
+    check_name(program)
+    with locked_tree(create=False) as tree, interrupts.deferred():
+        return tree.unload(program)
 
 
 def watch(program: str, options: Options = Options(), facts: HostFacts | None = None) -> Iterator[dict[str, Any]]:
-    """Decoded events of `program`: from its pins when loaded, else from a load held by this iterator."""
+    """Decoded events of `program`: from its pins when loaded, else from a load held by this iterator.
+
+    This process becomes the ring's one consumer (Busy names the pid of another) and its tgid is
+    the filter's while it reads; closing the iterator clears it."""
+    check_name(program)
     facts = facts or gather()
     choice = choose(program, facts, options)
     data, path = object_for(choice, facts)
     lib = lb.get(echo=options.verbose)
-    pinned = pin_dir(program) / "maps"
-    if (pinned / "events").exists():
-        schema = schema_from_object_file(lib, path)
-        events_fd = lib.bpf_obj_get(str(pinned / "events").encode())
-        if events_fd < 0:
-            raise LoadError(f"cannot open pinned map {pinned / 'events'}: {lib.strerror(events_fd)}")
-        counters_fd = lib.bpf_obj_get(str(pinned / "counters").encode()) if (pinned / "counters").exists() else -1
+    ensure_bpf_filesystems()
+    pinned = _open_pinned(lib, program)
+    if pinned is not None:
+        holder, fds = pinned
         try:
-            yield from iter_events(lib, events_fd, schema, counters_fd if counters_fd >= 0 else None)
+            schema = schema_from_object_file(lib, path)
+            yield from iter_events(lib, fds["events"], schema, fds.get("counters"))
         finally:
-            for fd in (events_fd, counters_fd):
-                if fd >= 0:
+            with interrupts.deferred():
+                if "config" in fds:
+                    set_agent_tgid(lib, fds["config"], 0)  # the consumer goes: filter nothing
+                for fd in [*fds.values(), holder]:
                     os.close(fd)
         return
-    ensure_bpf_filesystems()
-    loaded = open_and_load(lib, data, choice.entry.unit)
+    with interrupts.deferred():
+        loaded = open_and_load(lib, data, choice.entry.unit)
     try:
         if "events" not in loaded.maps:
             raise LoadError(f"{choice.entry.unit} has no `events` map (docs/DESIGN.md)")
-        schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
-        write_agent_tgid(loaded)
-        attach_all(loaded)
+        with interrupts.deferred():
+            schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
+            write_agent_tgid(loaded)  # this process holds the only references: they die with it
+            attach_all(loaded)
         counters = loaded.map_fd("counters") if "counters" in loaded.maps else None
         yield from iter_events(lib, loaded.map_fd("events"), schema, counters)
     finally:
-        loaded.close()
+        with interrupts.deferred():
+            loaded.close()
+
+
+def _open_pinned(lib: lb.Libbpf, program: str) -> tuple[int, dict[str, int]] | None:
+    """Under the tree's lock: become `program`'s consumer, open its pinned maps and put this
+    process's tgid in `config`. None when it is not loaded."""
+    try:
+        with locked_tree(create=False) as tree, interrupts.deferred():
+            if not tree.loaded(program):
+                return None
+            holder = tree.hold(program)
+            fds: dict[str, int] = {}
+            try:
+                _open_maps(lib, tree, program, fds)
+                if "config" in fds:
+                    set_agent_tgid(lib, fds["config"], os.getpid())
+            except BaseException:
+                for fd in [*fds.values(), holder]:
+                    os.close(fd)
+                raise
+            return holder, fds
+    except NotLoaded:
+        return None
+
+
+def _open_maps(lib: lb.Libbpf, tree: PinTree, program: str, fds: dict[str, int]) -> None:
+    maps = tree.path / program / "maps"
+    for name in ("events", "counters", "config"):
+        if not (maps / name).exists():
+            if name == "events":
+                raise LoadError(f"{program} is loaded but has no pinned `events` map under {maps}")
+            continue
+        fd = lib.bpf_obj_get(str(maps / name).encode())
+        if fd < 0:
+            raise LoadError(f"cannot open pinned map {maps / name}: {lib.strerror(fd)}")
+        fds[name] = fd

@@ -1,5 +1,5 @@
 """Load an object through libbpf, write the agent's tgid into `config`, attach by group policy and
-pin. Groups are `<group>__<hook>` programs; per docs/DESIGN.md the kprobe family is tried first,
+pin (into a staging directory the caller renames into place: pins.py). Groups are `<group>__<hook>` programs; per docs/DESIGN.md the kprobe family is tried first,
 then the tracepoint family, and a family is used only when all its programs attach."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from pathlib import Path
 
 from . import libbpf as lb
 from .errors import AttachError, LoadError, NotPermitted
-from .pins import free_pin_dir, unpin
 
-__all__ = ["ProgramReport", "LoadedObject", "open_and_load", "attach_all", "write_agent_tgid", "pin_all",
+__all__ = ["ProgramReport", "LoadedObject", "open_and_load", "attach_all", "write_agent_tgid", "set_agent_tgid", "pin_all",
            "family_of", "FAMILY_ORDER"]
 
 FAMILY_ORDER = ("kprobe", "tracepoint", "other")
@@ -123,17 +122,28 @@ def open_and_load(lib: lb.Libbpf, data: bytes, label: str) -> LoadedObject:
     return loaded
 
 
-def write_agent_tgid(loaded: LoadedObject, tgid: int | None = None) -> None:
-    """Put the agent's tgid first in `config`[0] so the kernel side drops the agent's own events."""
-    if "config" not in loaded.maps:
-        return
-    size = loaded.lib.bpf_map__value_size(loaded.maps["config"])
-    value = ctypes.create_string_buffer(size)
-    ctypes.c_uint32.from_buffer(value).value = os.getpid() if tgid is None else tgid
-    key = ctypes.c_uint32(0)
-    rc = loaded.lib.bpf_map_update_elem(loaded.map_fd("config"), ctypes.byref(key), value, 0)
+def set_agent_tgid(lib: lb.Libbpf, config_fd: int, tgid: int) -> None:
+    """Put `tgid` first in `config`[0] (0: drop nothing), keeping the rest of the value: the kernel
+    side drops that process's own events (docs/PINS.md)."""
+    info = lb.MAP_INFO()
+    length = ctypes.c_uint32(ctypes.sizeof(info))
+    rc = lib.bpf_obj_get_info_by_fd(config_fd, ctypes.byref(info), ctypes.byref(length))
     if rc != 0:
-        raise LoadError(f"cannot write the agent tgid into config: {loaded.lib.strerror(rc)}")
+        raise LoadError(f"cannot read the config map's info: {lib.strerror(rc)}")
+    value = ctypes.create_string_buffer(max(info.value_size, 4))
+    key = ctypes.c_uint32(0)
+    lib.bpf_map_lookup_elem(config_fd, ctypes.byref(key), value)  # a fresh array reads as zeroes
+    ctypes.c_uint32.from_buffer(value).value = tgid
+    rc = lib.bpf_map_update_elem(config_fd, ctypes.byref(key), value, 0)
+    if rc != 0:
+        raise LoadError(f"cannot write the agent tgid into config: {lib.strerror(rc)}")
+
+
+def write_agent_tgid(loaded: LoadedObject, tgid: int | None = None) -> None:
+    """`set_agent_tgid` on a loaded object; `tgid` None is this process (for a consumer that
+    lives as long as the object, never for one that pins and exits)."""
+    if "config" in loaded.maps:
+        set_agent_tgid(loaded.lib, loaded.map_fd("config"), os.getpid() if tgid is None else tgid)
 
 
 def _attach_one(loaded: LoadedObject, report: ProgramReport) -> bool:
@@ -187,20 +197,15 @@ def attach_all(loaded: LoadedObject) -> list[ProgramReport]:
     return loaded.reports
 
 
-def pin_all(loaded: LoadedObject, program: str) -> Path:
-    """Pin maps, programs and links under /sys/fs/bpf/hids/<program>/."""
-    root = free_pin_dir(program)
+def pin_all(loaded: LoadedObject, staging: Path) -> None:
+    """Pin maps, programs and links under `staging`/{maps,progs,links}/ (made by the caller)."""
     lib = loaded.lib
-    for sub in ("maps", "progs", "links"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
     # bpffs refuses dots in names; those are libbpf's internal .bss/.data/.rodata maps, not ours.
-    steps = [(lib.bpf_map__pin, bmap, root / "maps" / name) for name, bmap in loaded.maps.items() if "." not in name]
-    steps += [(lib.bpf_program__pin, prog, root / "progs" / name) for name, prog in loaded.programs.items()]
-    steps += [(lib.bpf_link__pin, link, root / "links" / name) for name, link in loaded.links.items()]
+    steps = [(lib.bpf_map__pin, bmap, staging / "maps" / name) for name, bmap in loaded.maps.items() if "." not in name]
+    steps += [(lib.bpf_program__pin, prog, staging / "progs" / name) for name, prog in loaded.programs.items()]
+    steps += [(lib.bpf_link__pin, link, staging / "links" / name) for name, link in loaded.links.items()]
     for fn, ptr, path in steps:
         with lb.capture() as collected:
             rc = fn(ptr, str(path).encode())
         if rc != 0:
-            unpin(program)  # nothing half-pinned stays behind
             raise LoadError(f"cannot pin {path}: {lib.strerror(rc)} {_last_libbpf_line(collected)}")
-    return root

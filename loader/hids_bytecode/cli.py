@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import closing
 from typing import Any
 
-from . import api
+from . import api, interrupts
 from .errors import EXIT_CODES, HidsError, IntegrityError, NotPermitted
 from .hostinfo import gather
 from .integrity import verify_manifest
@@ -49,10 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     _selection_flags(p)
 
     p = sub.add_parser("load", help="load, attach and pin programs under /sys/fs/bpf/hids/<program>/",
-                       description="Select and hash-check each program's object, load it, write this process's tgid "
-                                   "into `config`, attach (kprobe family first, then tracepoints) and pin maps, "
-                                   "programs and links so they stay after this command exits.")
+                       description="Select and hash-check each program's object, load it, write the agent's pid "
+                                   "(--agent-pid, else 0: filter nothing) into `config`, attach (kprobe family "
+                                   "first, then tracepoints) and pin maps, programs and links so they stay after "
+                                   "this command exits. All or nothing per program; a second load of a loaded "
+                                   "program is refused before any bpf() call (docs/PINS.md).")
     p.add_argument("programs", nargs="*", help="programs to load (default: all in the manifest)")
+    p.add_argument("--agent-pid", type=_pid, metavar="PID",
+                   help="the long-lived agent that will read the pins: the kernel drops its own events. "
+                        "It must clear config (write 0) when it stops (docs/PINS.md)")
     p.add_argument("--backend", choices=("libbpf", "bpftool"), default="libbpf",
                    help="libbpf via ctypes (default), or `bpftool prog loadall` "
                         "(attaches only if bpftool has autoattach)")
@@ -67,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decode events from the program's `events` map (ring or perf buffer) using the "
                                    "object's BTF. Uses the pinned maps if the program is loaded, else loads and "
                                    "attaches it for as long as the command runs. Lost events appear as "
-                                   '{"event": "lost", ...} lines.')
+                                   '{"event": "lost", ...} lines. This process is the ring\'s one consumer (a '
+                                   "second watch is refused, naming the first one's pid) and the kernel drops its "
+                                   "own events until it exits. Ctrl-C exits 130, SIGTERM 143.")
     p.add_argument("program", help="the program whose events to print")
     p.add_argument("--count", type=int, default=0, help="stop after this many events (default: run until Ctrl-C)")
     _selection_flags(p)
@@ -81,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Hash every object and shipped source; exits non-zero if any differs.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _pid(text: str) -> int:
+    try:
+        return api.check_agent_pid(int(text))
+    except (ValueError, HidsError) as exc:
+        raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, HidsError) else f"not a pid: {text!r}") from None
 
 
 def _print(args: argparse.Namespace, doc: Any, text: str) -> None:
@@ -132,8 +147,9 @@ def _print_steps(steps: Any) -> None:
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
-    facts = gather()
-    results = [api.load(p, _options(args, backend=args.backend), facts) for p in _programs(args)]
+    with interrupts.as_errors():
+        facts = gather()
+        results = [api.load(p, _options(args, backend=args.backend), facts, args.agent_pid) for p in _programs(args)]
     if args.json:
         print(json.dumps([r.as_dict() for r in results], sort_keys=True))
         return 0
@@ -145,21 +161,21 @@ def _cmd_load(args: argparse.Namespace) -> int:
 
 
 def _cmd_unload(args: argparse.Namespace) -> int:
-    removed = {p: [str(x) for x in api.unload(p)] for p in _programs(args)}
+    with interrupts.as_errors():
+        removed = {p: [str(x) for x in api.unload(p)] for p in _programs(args)}
     _print(args, removed, "\n".join(f"{p}: removed {len(paths)} pins" for p, paths in removed.items()))
     return 0
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     seen = 0
-    try:
-        for event in api.watch(args.program, _options(args)):
+    # Interrupted (exit 130/143) ends the loop; closing() then clears the filter and lets go of the ring.
+    with interrupts.as_errors(), closing(api.watch(args.program, _options(args))) as events:
+        for event in events:
             print(json.dumps(event, sort_keys=True), flush=True)
             seen += 1
             if args.count and seen >= args.count:
                 break
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

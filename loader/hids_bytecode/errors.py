@@ -6,11 +6,13 @@ for these. Codes are stable so agents and scripts can branch on them.
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
     "HidsError", "ManifestError", "UnknownArch", "UnknownRelease", "KallsymsUnavailable",
     "KallsymsUndecided", "BtfUnavailable", "NoMatch", "IntegrityError", "LibbpfMissing",
     "LoadError", "AttachError", "RuntimeCompileError", "MountError", "NotLoaded", "BpftoolError",
-    "NotPermitted", "AlreadyLoaded", "EXIT_CODES",
+    "NotPermitted", "AlreadyLoaded", "PinTreeError", "InvalidArgument", "Busy", "Interrupted", "EXIT_CODES",
 ]
 
 
@@ -94,6 +96,34 @@ class NotPermitted(HidsError):
 
 class AlreadyLoaded(HidsError):
     exit_code = 26
+
+
+class PinTreeError(HidsError):
+    """The pin tree is not root-owned 0700 bpffs, or holds something the loader did not put there."""
+
+    exit_code = 27
+
+
+class InvalidArgument(HidsError):
+    """A program name outside the fixed pattern, or an agent pid that does not exist."""
+
+    exit_code = 28
+
+
+class Busy(HidsError):
+    """Another process holds the pin tree's lock or already reads the program's ring."""
+
+    exit_code = 29
+
+
+class Interrupted(HidsError):
+    """SIGINT or SIGTERM; the exit code is the shell's 128 + signal number (130, 143)."""
+
+    exit_code = 130
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; nothing half-done was left")
+        self.exit_code = 128 + signum
 
 
 EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in HidsError.__subclasses__()}

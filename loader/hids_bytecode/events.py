@@ -7,6 +7,7 @@ import ctypes
 from collections.abc import Iterator
 from typing import Any
 
+from . import interrupts
 from . import libbpf as lb
 from .btf_layout import Schema
 from .errors import LoadError
@@ -86,7 +87,9 @@ def iter_events(lib: lb.Libbpf, events_fd: int, schema: Schema, counters_fd: int
     dropped = _dropped(lib, counters_fd, schema)
     try:
         while True:
-            rc = poll(buffer, poll_ms)
+            # The sample callbacks run inside poll: a signal is held until it returns (interrupts.py).
+            with interrupts.deferred():
+                rc = poll(buffer, poll_ms)
             if rc < 0 and rc != -4:  # -EINTR: a signal, poll again
                 raise LoadError(f"polling events failed: {lib.strerror(rc)}")
             now = _dropped(lib, counters_fd, schema)
@@ -98,7 +101,8 @@ def iter_events(lib: lb.Libbpf, events_fd: int, schema: Schema, counters_fd: int
             while pending:
                 yield pending.pop(0)
     finally:
-        free(buffer)
+        with interrupts.deferred():
+            free(buffer)
         del callbacks
 
 
