@@ -1,6 +1,10 @@
 """Where kernels.yaml is parsed: the toolchain pin, programs, variant axes and target kernels.
 
-Every error names the file, the line and the key, and is raised before any work starts.
+kernels.yaml is data, never code: every value that reaches apt, a sources.list, a compiler
+command line or a file path is checked against a strict pattern first. Every error names the
+file, the line and the key, and is raised before any work starts. Parsing is linear in the
+file's size: the YAML event stream is built into plain dicts and lists by one loop, with no
+anchors, aliases or custom tags, and every cross-check is a dict lookup.
 """
 
 from __future__ import annotations
@@ -16,13 +20,39 @@ from packaging.version import InvalidVersion, Version
 
 from .errors import ConfigError
 
-__all__ = ["ARCHES", "Toolchain", "Program", "Variant", "Kernel", "CoreTarget", "Matrix", "load_matrix"]
+__all__ = ["ARCHES", "Toolchain", "Program", "Variant", "Kernel", "CoreTarget", "Matrix", "load_matrix",
+           "CFLAG_RULES"]
 
 # uname -m -> (Debian architecture, kernel source tree arch)
 ARCHES = {"x86_64": ("amd64", "x86"), "aarch64": ("arm64", "arm64")}
 VARIANT_AXES = ("syscall_wrapper", "debug")
-_RELEASE = re.compile(r"^(?P<abi>\d+\.\d+[0-9A-Za-z.+~-]*?)-(?P<flavour>(?:cloud-|rt-)?(?:amd64|arm64))$")
-_DEBIAN_VERSION = re.compile(r"^(?P<upstream>\d+\.\d+(?:\.\d+)?)[-~+]")
+# A release as uname -r prints it; lower case and no '~' because it is part of package names.
+_RELEASE = re.compile(r"(?P<abi>\d+\.\d+[0-9a-z.+-]*?)-(?P<flavour>(?:cloud-|rt-)?(?:amd64|arm64))")
+_DEBIAN_VERSION = re.compile(r"^(?:\d+:)?(?P<upstream>\d+\.\d+(?:\.\d+)?)[-~+]")
+# Debian policy 5.6.12: [epoch:]upstream[-revision]; upstream starts with a digit and holds a
+# hyphen only when a revision follows; the revision has no hyphen.
+_VERSION_SYNTAX = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~-]*[A-Za-z0-9.+~])?")
+_SUITE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+_SOURCE = re.compile(r"(?![/-])[A-Za-z0-9_./+-]+")
+_PROGRAM = re.compile(r"[a-z][a-z0-9_]*")
+# Extra compiler flags may only define or undefine macros and tune warnings: nothing that names
+# a file, a plugin, an output, an include path or changes code generation (-O is the build's).
+CFLAG_RULES = {
+    "-D<NAME>[=<value>]": r"-D[A-Za-z_][A-Za-z0-9_]*(?:=[A-Za-z0-9_.+-]*)?",
+    "-U<NAME>": r"-U[A-Za-z_][A-Za-z0-9_]*",
+    "-W<warning>, -Wno-<warning>, -W<warning>=<n>": r"-W(?:no-)?[a-z][a-z0-9-]*(?:=[A-Za-z0-9_-]+)?",
+}
+_CFLAG = re.compile("|".join(f"(?:{rule})" for rule in CFLAG_RULES.values()))
+_PASSTHROUGH_WARNINGS = {"-Wa", "-Wl", "-Wp"}  # -Wa,/-Wl,/-Wp, hand options to other tools
+# Tab, LF and CR are the only C0 controls YAML text needs; DEL, C1 and the Unicode line
+# separators are refused too, as is a byte-order mark anywhere but at the start.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]|(?<!^)\ufeff")
+_MAX_DEPTH = 16
+_SHOW = 60
+
+_STR, _BOOL, _MAP_TAG, _SEQ_TAG = (f"tag:yaml.org,2002:{t}" for t in ("str", "bool", "map", "seq"))
+_PLAIN_SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "null", "timestamp")}
 
 
 @dataclass(frozen=True)
@@ -76,7 +106,7 @@ class Kernel:
 
     @property
     def flavour(self) -> str:
-        return _RELEASE.match(self.release).group("flavour")  # type: ignore[union-attr]
+        return _RELEASE.fullmatch(self.release).group("flavour")  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -96,8 +126,18 @@ class Matrix:
     core: tuple[CoreTarget, ...]
 
 
-class _LineLoader(yaml.SafeLoader):
-    """Keeps each mapping's and sequence item's line so errors can point at them."""
+def _show(value: Any) -> str:
+    """repr of a value for an error line: escaped and bounded, whatever the file held."""
+    text = repr(value)
+    return text if len(text) <= _SHOW else text[:_SHOW] + "...'"
+
+
+def _label(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", key) else _show(key)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{_label(key)}" if where else _label(key)
 
 
 class _Map(dict):
@@ -110,32 +150,19 @@ class _Seq(list):
     item_lines: list[int]
 
 
-def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
-    result = _Map()
-    result.line = node.start_mark.line + 1
-    result.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in result:
-            raise ConfigError(loader.name, key_node.start_mark.line + 1, str(key), "duplicate key")
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = key_node.start_mark.line + 1
-    return result
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's parser (when built in) with YAML 1.2 booleans: only `true` and `false`."""
 
 
-def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode) -> _Seq:
-    result = _Seq(loader.construct_object(child, deep=True) for child in node.value)
-    result.line = node.start_mark.line + 1
-    result.item_lines = [child.start_mark.line + 1 for child in node.value]
-    return result
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|false)$"), list("tf"))
 
 
 class _Reader:
-    """Typed access to the parsed document, raising ConfigError with file, line and key."""
+    """Builds the document from YAML events and gives typed access raising ConfigError."""
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
@@ -143,82 +170,251 @@ class _Reader:
     def fail(self, line: int | None, key: str, message: str) -> ConfigError:
         return ConfigError(self.path, line, key, message)
 
-    def get(self, node: Any, key: str, where: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    def text(self, data: bytes) -> str:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.fail(data.count(b"\n", 0, exc.start) + 1, "(file)",
+                            f"invalid UTF-8 at byte {exc.start}") from None
+        bad = _CONTROL.search(text)
+        if bad:
+            raise self.fail(text.count("\n", 0, bad.start()) + 1, "(file)",
+                            f"control character U+{ord(bad.group()):04X} is not allowed")
+        return text
+
+    def document(self, text: str) -> Any:
+        loader = _Loader(text)
+        try:
+            return self._build(loader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            raise self.fail(mark.line + 1 if mark else None, "(syntax)", str(exc.problem or exc.context)) from None
+        except yaml.YAMLError as exc:
+            raise self.fail(None, "(syntax)", str(exc).splitlines()[0]) from None
+        finally:
+            loader.dispose()
+
+    def _build(self, loader: yaml.SafeLoader) -> Any:
+        # One loop over the events, no recursion: depth is bounded, an alias is refused where it
+        # appears. Frames of open collections: [container, label, pending key, its line]; labels
+        # are made only for collections and errors, scalars are the bulk of the file.
+        stack: list[list[Any]] = []
+        root: Any = None
+        documents = 0
+        tags: dict[str, str] = {}  # plain scalar -> resolved tag; kernels.yaml repeats its values
+        while True:
+            event = loader.get_event()
+            kind = type(event)
+            if kind is yaml.ScalarEvent:
+                if event.anchor is not None:
+                    raise self._anchor(stack, event)
+                if event.tag is None and event.implicit[0]:
+                    tag = tags.get(event.value)
+                    if tag is None:
+                        tag = tags[event.value] = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+                    value: Any = event.value if tag == _STR else self._scalar(loader, event, tag, stack)
+                elif event.tag in (None, "!", _STR):
+                    value = event.value
+                else:
+                    value = self._scalar(loader, event, event.tag, stack)
+            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                stack.pop()
+                continue
+            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+                if event.anchor is not None:
+                    raise self._anchor(stack, event)
+                default = _MAP_TAG if kind is yaml.MappingStartEvent else _SEQ_TAG
+                label = self._where(stack)
+                if event.tag not in (None, "!", default):
+                    raise self.fail(event.start_mark.line + 1, label or "(document)", f"tag {_show(event.tag)} is not allowed")
+                value = _Map() if default == _MAP_TAG else _Seq()
+                value.line = event.start_mark.line + 1
+                if default == _MAP_TAG:
+                    value.key_lines = {}
+                else:
+                    value.item_lines = []
+            elif kind is yaml.AliasEvent:
+                raise self.fail(event.start_mark.line + 1, self._where(stack) or "(document)",
+                                f"alias *{_label(event.anchor)}: anchors and aliases are not allowed")
+            elif kind is yaml.DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    raise self.fail(event.start_mark.line + 1, "(document)", "only one YAML document is allowed")
+                continue
+            elif kind is yaml.StreamEndEvent:
+                return root
+            else:  # stream start, document end
+                continue
+
+            line = event.start_mark.line + 1
+            if not stack:
+                root = value
+            else:
+                frame = stack[-1]
+                container = frame[0]
+                if type(container) is _Seq:
+                    container.append(value)
+                    container.item_lines.append(line)
+                elif frame[2] is None:
+                    self._key(frame, value, line)
+                else:
+                    container[frame[2]] = value
+                    container.key_lines[frame[2]] = frame[3]
+                    frame[2] = None
+            if type(value) is _Map or type(value) is _Seq:
+                if len(stack) >= _MAX_DEPTH:
+                    raise self.fail(line, label or "(document)", f"nested deeper than {_MAX_DEPTH} levels")
+                stack.append([value, label, None, 0])
+
+    @staticmethod
+    def _where(stack: list[list[Any]]) -> str:
+        """Label of the next node in the innermost open collection."""
+        if not stack:
+            return ""
+        container, label, key, _ = stack[-1]
+        if type(container) is _Seq:
+            return f"{label}[{len(container)}]"
+        return label if key is None else _join(label, key)
+
+    def _anchor(self, stack: list[list[Any]], event: yaml.NodeEvent) -> ConfigError:
+        return self.fail(event.start_mark.line + 1, self._where(stack) or "(document)",
+                         f"anchor &{_label(event.anchor)}: anchors and aliases are not allowed")
+
+    def _key(self, frame: list[Any], value: Any, line: int) -> None:
+        container, label = frame[0], frame[1] or "(document)"
+        if isinstance(value, (_Map, _Seq)):
+            raise self.fail(line, label, "a mapping or sequence as a key is not allowed")
+        if not isinstance(value, str):
+            raise self.fail(line, label, f"keys are strings, not {_show(value)}")
+        if value in container:
+            raise self.fail(line, _join(frame[1], value), "duplicate key")
+        frame[2], frame[3] = value, line
+
+    def _scalar(self, loader: yaml.SafeLoader, event: yaml.ScalarEvent, tag: str, stack: list[list[Any]]) -> Any:
+        if tag == _STR:
+            return event.value
+        if tag == _BOOL:
+            if event.value not in ("true", "false"):
+                raise self.fail(event.start_mark.line + 1, self._where(stack) or "(document)",
+                                f"expected true or false, got {_show(event.value)}")
+            return event.value == "true"
+        if tag in _PLAIN_SCALAR_TAGS:
+            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark)
+            return loader.yaml_constructors[tag](loader, node)
+        raise self.fail(event.start_mark.line + 1, self._where(stack) or "(document)", f"tag {_show(tag)} is not allowed")
+
+    def mapping(self, node: Any, line: int, where: str) -> _Map:
         if not isinstance(node, _Map):
-            raise self.fail(getattr(node, "line", None), where, "expected a mapping")
+            raise self.fail(line, where or "(document)", f"expected a mapping, got {_show(node)}")
+        return node
+
+    def get(self, node: _Map, key: str, where: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
         if key not in node:
             if default is not ...:
                 return default
-            raise self.fail(node.line, f"{where}.{key}" if where else key, "missing key")
+            raise self.fail(node.line, _join(where, key), "missing key")
         value = node[key]
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool) and bool not in _as_tuple(kind)):
-            names = "/".join(t.__name__ for t in _as_tuple(kind))
-            raise self.fail(node.key_lines[key], f"{where}.{key}" if where else key, f"expected {names}, got {value!r}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = "/".join(t.__name__.lstrip("_").replace("Map", "mapping").replace("Seq", "list") for t in kinds)
+            raise self.fail(node.key_lines[key], _join(where, key), f"expected {names}, got {_show(value)}")
+        return value
+
+    def matching(self, node: _Map, key: str, where: str, pattern: re.Pattern[str], what: str, default: Any = ...) -> Any:
+        value = self.get(node, key, where, str, default)
+        if value is not default and not pattern.fullmatch(value):
+            raise self.fail(node.key_lines[key], _join(where, key), f"{_show(value)} is not {what}")
         return value
 
     def unknown_keys(self, node: _Map, allowed: set[str], where: str) -> None:
         for key in node:
             if key not in allowed:
-                label = f"{where}.{key}" if where else str(key)
-                raise self.fail(node.key_lines[key], label, f"unknown key (expected one of {', '.join(sorted(allowed))})")
+                raise self.fail(node.key_lines[key], _join(where, key),
+                                f"unknown key {_label(key)} (expected one of {', '.join(sorted(allowed))})")
 
 
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
+_SUITE_WHAT = "a Debian suite name (lower-case letters, digits, '.', '+', '-')"
+_PACKAGE_WHAT = "a Debian package name (lower-case letters, digits, '+', '.', '-')"
 
 
-def _strings(r: _Reader, node: _Map, key: str, where: str, default: Any = ...) -> tuple[str, ...]:
-    seq = r.get(node, key, where, list, default)
+def _strings(r: _Reader, node: _Map, key: str, where: str, pattern: re.Pattern[str], what: str,
+             default: Any = ...) -> tuple[str, ...]:
+    seq = r.get(node, key, where, _Seq, default)
     if seq is default:
         return default
     for i, item in enumerate(seq):
-        if not isinstance(item, str) or not item:
-            raise r.fail(seq.item_lines[i], f"{where}.{key}[{i}]", f"expected a non-empty string, got {item!r}")
+        if not isinstance(item, str) or not pattern.fullmatch(item):
+            raise r.fail(seq.item_lines[i], f"{_join(where, key)}[{i}]", f"{_show(item)} is not {what}")
     return tuple(seq)
 
 
 def _variants(r: _Reader, node: _Map, where: str, axes: dict[str, tuple[bool, ...]] | None) -> tuple[Variant, ...]:
+    r.unknown_keys(node, set(VARIANT_AXES), where)
     values: dict[str, tuple[bool, ...]] = {}
     for axis in VARIANT_AXES:
         if axes is not None and axis not in node:
             values[axis] = axes[axis]
             continue
-        seq = r.get(node, axis, where, list)
+        seq = r.get(node, axis, where, _Seq)
         if not seq:
             raise r.fail(node.key_lines[axis], f"{where}.{axis}", "expected at least one value")
         for i, item in enumerate(seq):
             if not isinstance(item, bool):
-                raise r.fail(seq.item_lines[i], f"{where}.{axis}[{i}]", f"expected true or false, got {item!r}")
+                raise r.fail(seq.item_lines[i], f"{where}.{axis}[{i}]", f"expected true or false, got {_show(item)}")
             if axes is not None and item not in axes[axis]:
-                raise r.fail(seq.item_lines[i], f"{where}.{axis}[{i}]", f"{item} is not among the matrix's {axis} values")
+                raise r.fail(seq.item_lines[i], f"{where}.{axis}[{i}]", f"{str(item).lower()} is not among the matrix's {axis} values")
         if len(set(seq)) != len(seq):
             raise r.fail(node.key_lines[axis], f"{where}.{axis}", "duplicate value")
         values[axis] = tuple(seq)
-    r.unknown_keys(node, set(VARIANT_AXES), where)
     return tuple(Variant(w, d) for w, d in itertools.product(values["syscall_wrapper"], values["debug"]))
 
 
-def _kernel(r: _Reader, node: Any, where: str) -> Kernel:
+def _cflags(r: _Reader, node: _Map, where: str) -> tuple[str, ...]:
+    flags = _strings(r, node, "cflags", where, re.compile(r".+", re.S), "a compiler flag", ())
+    for i, flag in enumerate(flags):
+        if not _CFLAG.fullmatch(flag) or flag in _PASSTHROUGH_WARNINGS:
+            raise r.fail(node["cflags"].item_lines[i], f"{where}.cflags[{i}]",
+                         f"{_show(flag)} is not an allowed flag (only {'; '.join(CFLAG_RULES)})")
+    return flags
+
+
+def _kernel(r: _Reader, node: _Map, where: str) -> Kernel:
+    r.unknown_keys(node, {"release", "arch", "suite", "version", "headers", "image", "cflags"}, where)
     release = r.get(node, "release", where, str)
-    if not _RELEASE.match(release):
+    match = _RELEASE.fullmatch(release)
+    if not match:
         raise r.fail(node.key_lines["release"], f"{where}.release",
-                     f"{release!r} is not a Debian kernel release as uname -r prints it (e.g. 6.1.0-50-cloud-amd64)")
+                     f"{_show(release)} is not a Debian kernel release as uname -r prints it (e.g. 6.1.0-50-cloud-amd64)")
     arch = r.get(node, "arch", where, str)
     if arch not in ARCHES:
-        raise r.fail(node.key_lines["arch"], f"{where}.arch", f"unknown arch {arch!r} (expected one of {', '.join(ARCHES)})")
-    flavour_arch = _RELEASE.match(release).group("flavour").rsplit("-", 1)[-1]  # type: ignore[union-attr]
+        raise r.fail(node.key_lines["arch"], f"{where}.arch", f"unknown arch {_show(arch)} (expected one of {', '.join(ARCHES)})")
+    flavour_arch = match.group("flavour").rsplit("-", 1)[-1]
     if flavour_arch != ARCHES[arch][0]:
         raise r.fail(node.key_lines["arch"], f"{where}.arch", f"{arch} does not match the release's {flavour_arch} flavour")
-    suite = r.get(node, "suite", where, str)
-    version = r.get(node, "version", where, str)
+    suite = r.matching(node, "suite", where, _SUITE, _SUITE_WHAT)
+    version = r.matching(node, "version", where, _VERSION_SYNTAX, "a Debian version ([epoch:]upstream[-revision])")
     if not _DEBIAN_VERSION.match(version):
-        raise r.fail(node.key_lines["version"], f"{where}.version", f"{version!r} is not a Debian kernel package version (e.g. 6.1.176-1)")
-    abi = _RELEASE.match(release).group("abi")  # type: ignore[union-attr]
-    headers = _strings(r, node, "headers", where, (f"linux-headers-{release}", f"linux-headers-{abi}-common"))
-    image = r.get(node, "image", where, str, f"linux-image-{release}-unsigned")
-    cflags = _strings(r, node, "cflags", where, ())
-    r.unknown_keys(node, {"release", "arch", "suite", "version", "headers", "image", "cflags"}, where)
-    return Kernel(release, arch, suite, version, headers, image, cflags)
+        raise r.fail(node.key_lines["version"], f"{where}.version", f"{_show(version)} is not a Debian kernel package version (e.g. 6.1.176-1)")
+    abi = match.group("abi")
+    headers = _strings(r, node, "headers", where, _PACKAGE, _PACKAGE_WHAT,
+                       (f"linux-headers-{release}", f"linux-headers-{abi}-common"))
+    image = r.matching(node, "image", where, _PACKAGE, _PACKAGE_WHAT, f"linux-image-{release}-unsigned")
+    return Kernel(release, arch, suite, version, headers, image, _cflags(r, node, where))
+
+
+def _program(r: _Reader, root: Path, name: str, pnode: _Map, where: str,
+             matrix_variants: tuple[Variant, ...], axes: dict[str, tuple[bool, ...]]) -> Program:
+    r.unknown_keys(pnode, {"source", "variants"}, where)
+    source = r.matching(pnode, "source", where, _SOURCE, "a relative path (letters, digits, '_', '.', '/', '+', '-'; not starting with / or -)")
+    line = pnode.key_lines["source"]
+    resolved = (root / source).resolve()
+    if not resolved.is_relative_to(root):
+        raise r.fail(line, f"{where}.source", f"{_show(source)} resolves outside the repository ({root})")
+    if not resolved.is_file():
+        raise r.fail(line, f"{where}.source", f"no such file {_show(source)}")
+    vnode = r.get(pnode, "variants", where, _Map, None)
+    variants = matrix_variants if vnode is None else _variants(r, vnode, f"{where}.variants", axes)
+    return Program(name, source, variants)
 
 
 def load_matrix(path: str | Path) -> Matrix:
@@ -226,25 +422,18 @@ def load_matrix(path: str | Path) -> Matrix:
     path = Path(path)
     r = _Reader(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise r.fail(None, "(file)", f"cannot read: {exc.strerror}") from None
-    loader = _LineLoader(text)
-    loader.name = str(path)
-    try:
-        doc = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise r.fail(line, "(syntax)", str(exc.problem)) from None
-    finally:
-        loader.dispose()
-    if not isinstance(doc, _Map):
-        raise r.fail(1, "(document)", "expected a mapping with toolchain, programs, variants and kernels")
+    doc = r.mapping(r.document(r.text(data)), 1, "(document)")
     r.unknown_keys(doc, {"toolchain", "programs", "variants", "kernels", "core"}, "")
 
     tc = r.get(doc, "toolchain", "", _Map)
-    toolchain = Toolchain(r.get(tc, "suite", "toolchain", str), r.get(tc, "clang", "toolchain", int))
     r.unknown_keys(tc, {"suite", "clang"}, "toolchain")
+    clang = r.get(tc, "clang", "toolchain", int)
+    if not 10 <= clang <= 99:
+        raise r.fail(tc.key_lines["clang"], "toolchain.clang", f"expected a clang major version (10-99), got {clang}")
+    toolchain = Toolchain(r.matching(tc, "suite", "toolchain", _SUITE, _SUITE_WHAT), clang)
 
     axes_node = r.get(doc, "variants", "", _Map)
     matrix_variants = _variants(r, axes_node, "variants", None)
@@ -253,43 +442,40 @@ def load_matrix(path: str | Path) -> Matrix:
     progs_node = r.get(doc, "programs", "", _Map)
     if not progs_node:
         raise r.fail(progs_node.line, "programs", "expected at least one program")
+    root = path.parent.resolve()
     programs = []
     for name, pnode in progs_node.items():
-        where = f"programs.{name}"
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(name)):
+        where = _join("programs", name)
+        if not _PROGRAM.fullmatch(name):
             raise r.fail(progs_node.key_lines[name], where, "program names are lower-case identifiers")
-        source = r.get(pnode, "source", where, str)
-        if not (path.parent / source).is_file():
-            raise r.fail(pnode.key_lines["source"], f"{where}.source", f"no such file {source!r}")
-        vnode = r.get(pnode, "variants", where, _Map, None)
-        variants = matrix_variants if vnode is None else _variants(r, vnode, f"{where}.variants", axes)
-        r.unknown_keys(pnode, {"source", "variants"}, where)
-        programs.append(Program(str(name), source, variants))
+        pnode = r.mapping(pnode, progs_node.key_lines[name], where)
+        programs.append(_program(r, root, name, pnode, where, matrix_variants, axes))
 
-    kseq = r.get(doc, "kernels", "", list)
+    kseq = r.get(doc, "kernels", "", _Seq)
     if not kseq:
         raise r.fail(kseq.line, "kernels", "expected at least one kernel")
-    kernels: list[Kernel] = []
+    kernels: dict[tuple[str, str], Kernel] = {}
     for i, knode in enumerate(kseq):
-        kernel = _kernel(r, knode, f"kernels[{i}]")
-        if any(k.release == kernel.release and k.arch == kernel.arch for k in kernels):
-            raise r.fail(kseq.item_lines[i], f"kernels[{i}].release", f"duplicate kernel {kernel.release} ({kernel.arch})")
-        kernels.append(kernel)
+        where = f"kernels[{i}]"
+        kernel = _kernel(r, r.mapping(knode, kseq.item_lines[i], where), where)
+        if (kernel.release, kernel.arch) in kernels:
+            raise r.fail(kseq.item_lines[i], f"{where}.release", f"duplicate kernel {kernel.release} ({kernel.arch})")
+        kernels[(kernel.release, kernel.arch)] = kernel
 
     core: list[CoreTarget] = []
     core_node = r.get(doc, "core", "", _Map, None)
     if core_node is not None:
         for arch, cnode in core_node.items():
-            where = f"core.{arch}"
+            where = _join("core", arch)
             if arch not in ARCHES:
-                raise r.fail(core_node.key_lines[arch], where, f"unknown arch {arch!r} (expected one of {', '.join(ARCHES)})")
-            release = r.get(cnode, "btf_from", where, str)
-            match = [k for k in kernels if k.release == release and k.arch == arch]
-            if not match:
-                raise r.fail(cnode.key_lines["btf_from"], f"{where}.btf_from", f"{release!r} is not a {arch} kernel of this matrix")
+                raise r.fail(core_node.key_lines[arch], where, f"unknown arch {_show(arch)} (expected one of {', '.join(ARCHES)})")
+            cnode = r.mapping(cnode, core_node.key_lines[arch], where)
             r.unknown_keys(cnode, {"btf_from"}, where)
-            core.append(CoreTarget(arch, match[0]))
-    return Matrix(path, toolchain, tuple(programs), tuple(kernels), tuple(core))
+            release = r.get(cnode, "btf_from", where, str)
+            if (release, arch) not in kernels:
+                raise r.fail(cnode.key_lines["btf_from"], f"{where}.btf_from", f"{_show(release)} is not a {arch} kernel of this matrix")
+            core.append(CoreTarget(arch, kernels[(release, arch)]))
+    return Matrix(path, toolchain, tuple(programs), tuple(kernels.values()), tuple(core))
 
 
 def parse_version(text: str) -> Version:

@@ -65,7 +65,7 @@ def test_good_matrix_derives_packages(tmp_path: Path) -> None:
          "release: 6.1.0-50-cloud-amd64\n    arch: x86_64\n    suite: bookworm\n    version: 6.1.176-1",
          12, "kernels[1].release", "duplicate kernel 6.1.0-50-cloud-amd64"),
         ("arch: aarch64", "arch: x86_64", 13, "kernels[1].arch", "does not match the release's arm64 flavour"),
-        ("version: 6.1.176-1", "version: latest", 11, "kernels[0].version", "not a Debian kernel package version"),
+        ("version: 6.1.176-1", "version: latest", 11, "kernels[0].version", "is not a Debian version"),
         ("release: 6.1.0-50-cloud-amd64", "release: linux-6.1", 8, "kernels[0].release", "not a Debian kernel release"),
         ("hello: {source: hello.c}", "hello: {source: missing.c}", 3, "programs.hello.source", "no such file"),
         ("clang: 19", "clang: nineteen", 1, "toolchain.clang", "expected int"),
