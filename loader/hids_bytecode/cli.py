@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import closing
 from typing import Any
@@ -203,16 +204,22 @@ _COMMANDS = {"select": _cmd_select, "load": _cmd_load, "unload": _cmd_unload, "w
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         if args.version:
             manifest = load_manifest()
             print(f"hids-bytecode {manifest.version} (source {manifest.source_hash})")
-            return 0
-        if not args.command:
+        elif not args.command:
             parser.print_help()
             return 2
-        return _COMMANDS[args.command](args)
+        code = 0 if args.version else _COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows up here, in the branch below, not at exit
+        return code
+    except BrokenPipeError:  # before OSError, its base: `| head` is not an error
+        # Python flushes stdout again at exit; pointing it at /dev/null keeps that flush quiet (Python docs,
+        # "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except HidsError as exc:
         print(f"hids-bytecode: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -222,5 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"hids-bytecode: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        return 0
+    except UnicodeDecodeError as exc:  # a system file that is not text: one line, not a traceback
+        print(f"hids-bytecode: unreadable input, not {exc.encoding}: {exc.reason} at byte {exc.start}",
+              file=sys.stderr)
+        return 1

@@ -12,7 +12,8 @@ __all__ = [
     "HidsError", "ManifestError", "UnknownArch", "UnknownRelease", "KallsymsUnavailable",
     "KallsymsUndecided", "BtfUnavailable", "NoMatch", "IntegrityError", "LibbpfMissing",
     "LoadError", "AttachError", "RuntimeCompileError", "MountError", "NotLoaded", "BpftoolError",
-    "NotPermitted", "AlreadyLoaded", "PinTreeError", "InvalidArgument", "Busy", "Interrupted", "EXIT_CODES",
+    "NotPermitted", "AlreadyLoaded", "PinTreeError", "InvalidArgument", "Busy", "Interrupted",
+    "HostFactError", "EXIT_CODES",
 ]
 
 
@@ -124,6 +125,12 @@ class Interrupted(HidsError):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}; nothing half-done was left")
         self.exit_code = 128 + signum
+
+
+class HostFactError(HidsError):
+    """A host file the facts come from (/etc/os-release, /proc/...) is not readable text."""
+
+    exit_code = 30
 
 
 EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in HidsError.__subclasses__()}

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UnknownArch
+from .errors import HostFactError, UnknownArch
 from .kallsyms import KALLSYMS, WrapperFact, detect_syscall_wrapper
 from .kversion import KernelVersion, upstream_version
 
@@ -41,10 +41,20 @@ class HostFacts:
         return {f.name: {"value": f.value, "source": f.source} for f in self.facts}
 
 
+def _text(path: Path) -> str:
+    """The file as text; a file that is not UTF-8 means a host we cannot describe: one line."""
+    data = path.read_bytes()
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise HostFactError(f"{path} is not valid UTF-8 (byte {exc.start}: {exc.reason}); "
+                            f"cannot read the host's facts") from None
+
+
 def _os_release(paths: tuple[Path, ...]) -> tuple[str, str, str]:
     for path in paths:
         try:
-            text = path.read_text()
+            text = _text(path)
         except OSError:
             continue
         values = {}
@@ -58,7 +68,7 @@ def _os_release(paths: tuple[Path, ...]) -> tuple[str, str, str]:
 
 def _read_optional(path: Path) -> str | None:
     try:
-        return path.read_text()
+        return _text(path)
     except OSError:
         return None
 
