@@ -51,7 +51,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]|(?<!^)\
 _MAX_DEPTH = 16
 _SHOW = 60
 
-_STR, _BOOL, _MAP_TAG, _SEQ_TAG = (f"tag:yaml.org,2002:{t}" for t in ("str", "bool", "map", "seq"))
+_STR, _BOOL, _MAP_TAG, _SEQ_TAG, _MERGE = (f"tag:yaml.org,2002:{t}" for t in ("str", "bool", "map", "seq", "merge"))
 _PLAIN_SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "null", "timestamp")}
 
 
@@ -298,6 +298,8 @@ class _Reader:
                 raise self.fail(event.start_mark.line + 1, self._where(stack) or "(document)",
                                 f"expected true or false, got {_show(event.value)}")
             return event.value == "true"
+        if tag == _MERGE:
+            raise self.fail(event.start_mark.line + 1, self._where(stack) or "(document)", "merge keys (<<) are not allowed")
         if tag in _PLAIN_SCALAR_TAGS:
             node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark)
             return loader.yaml_constructors[tag](loader, node)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,82 @@ def test_duplicate_yaml_key_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("toolchain:", "programs: {}\ntoolchain:", 1))
     with pytest.raises(ConfigError, match=r"kernels.yaml:\d+: programs: duplicate key"):
         load_matrix(path)
+
+
+# --- The malformed corpus through the real CLI -------------------------------------------------
+
+BAD = ROOT / "tests/data/bad_kernels"
+_EXPECT = re.compile(rb"# expect: (?P<line>\d+): (?P<key>\S+): (?P<reason>.+?) -- ")
+
+
+def _expectation(path: Path) -> tuple[int, str, str]:
+    match = _EXPECT.match(path.read_bytes())
+    assert match, f"{path.name}: first line must be '# expect: LINE: KEY: REASON -- what'"
+    return int(match["line"]), match["key"].decode(), match["reason"].decode()
+
+
+def test_corpus_has_the_kinds_the_issue_names() -> None:
+    names = {p.stem for p in BAD.glob("*.yaml")}
+    assert len(names) >= 25
+    assert {"suite_newline_unsigned_source", "headers_apt_option", "source_dotdot_escape", "invalid_utf8",
+            "control_character", "complex_key_mapping", "scalar_kernel_item", "misspelled_suite", "boolean_yes",
+            "duplicate_kernel", "alias_bomb", "integer_key"} <= names
+
+
+@pytest.mark.parametrize("bad", sorted(BAD.glob("*.yaml")), ids=lambda p: p.stem)
+def test_malformed_matrix_exits_2_with_file_line_key_and_writes_nothing(bad: Path, tmp_path: Path) -> None:
+    line, key, reason = _expectation(bad)
+    build, cache = tmp_path / "build", tmp_path / "cache"
+    proc = subprocess.run(
+        [str(ROOT / ".venv/bin/invoke"), "--search-root", str(ROOT), "build-all", "--matrix", str(bad),
+         "--build-dir", str(build), "--cache-dir", str(cache)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    prefix = f"error: {bad}:{line}: {key}: "
+    assert proc.stderr.startswith(prefix), f"expected {prefix!r}, got {proc.stderr!r}"
+    assert reason in proc.stderr.splitlines()[0]
+    assert not build.exists() and not cache.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- Linear checks -------------------------------------------------------------------------------
+
+def test_sixty_thousand_kernels_parse_and_a_late_duplicate_is_found_at_its_line(tmp_path: Path) -> None:
+    """60k kernels parse (quadratic checks took minutes here); the time itself is for invoke bench."""
+    count = 60_000
+    lines = GOOD.split("kernels:\n")[0].splitlines() + ["kernels:"]
+    for i in range(count):
+        lines += [f"  - release: 6.1.0-{i}-cloud-amd64", "    arch: x86_64", "    suite: bookworm", "    version: 6.1.176-1"]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    assert len(load_matrix(path).kernels) == count
+    duplicate_line = len(lines) + 1
+    lines += ["  - release: 6.1.0-59998-cloud-amd64", "    arch: x86_64", "    suite: sid", "    version: 6.1.176-1"]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_matrix(path)
+    assert (err.value.line, err.value.key) == (duplicate_line, f"kernels[{count}].release")
+    assert "duplicate kernel 6.1.0-59998-cloud-amd64 (x86_64)" in str(err.value)
+
+
+# --- What is allowed stays allowed -----------------------------------------------------------------
+
+def test_allowed_cflags_epoch_versions_and_in_repo_symlinks_parse(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/real.c").write_text("int x;\n")
+    (tmp_path / "link.c").symlink_to("src/real.c")
+    text = GOOD.replace("source: hello.c", "source: link.c").replace("version: 6.12.117-1", "version: 1:6.12.117-1~bpo12+1")
+    text += "    cflags: [-DFOO, -DBAR=1, -DV=6.1.0-x, -UBAZ, -Wall, -Wno-unused-variable, -Werror=format, -Wframe-larger-than=512]\n"
+    matrix = load_matrix(write(tmp_path, text))
+    assert matrix.programs[0].source == "link.c"
+    arm = matrix.kernels[1]
+    assert arm.upstream == "6.12.117" and len(arm.cflags) == 8
+
+
+def test_every_error_names_a_line(tmp_path: Path) -> None:
+    """A scalar where a mapping belongs still gets the line of the item, not just the file."""
+    path = write(tmp_path, GOOD.replace("programs:\n  hello: {source: hello.c}", "programs:\n  hello: hello.c"))
+    with pytest.raises(ConfigError) as err:
+        load_matrix(path)
+    assert (err.value.line, err.value.key) == (3, "programs.hello")
