@@ -157,17 +157,18 @@ def bench(c, matrix=str(DEFAULT_MATRIX), cache_dir=str(DEFAULT_CACHE), dist=str(
         "kernel": "verify only this kernel release (repeatable; default: every kernel of the matrix)",
         "timeout": "seconds one VM may run before it is reported as not booting (default: 300)",
         "wheel": "verify this wheel instead of the newest per arch in dist/ (repeatable, one per arch)",
+        "strict": "exit non-zero when any kernel is unproved (no image served), not only when one fails: for CI gates",
     },
     iterable=["kernel", "wheel"],
 )
 @_reported
 def verify(c, matrix=str(DEFAULT_MATRIX), dist=str(DEFAULT_DIST), cache_dir=str(DEFAULT_CACHE), kernel=None,
-           timeout=300, wheel=None):
+           timeout=300, wheel=None, strict=False):
     """Boot each kernel under qemu (TCG) with the wheel inside; prove every object loads, attaches and reports events."""
     from hidsbuild.verify.run import VerifyOptions, run_verify
 
     run_verify(VerifyOptions(Path(matrix), Path(dist), Path(cache_dir), tuple(kernel or ()), float(timeout),
-                             tuple(Path(w) for w in wheel or ())))
+                             tuple(Path(w) for w in wheel or ()), bool(strict)))
 
 
 kernels = Collection("kernels")

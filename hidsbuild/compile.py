@@ -110,7 +110,14 @@ def run_batch(
                     on_done(_finish(pending.pop(name), workdir / name, image, cache))
 
         exit_status: list[int] = []
-        watcher = threading.Thread(target=lambda: exit_status.append(containers.wait(container, stop)), daemon=True)
+
+        def watch() -> None:
+            try:
+                exit_status.append(containers.wait(container, stop))
+            except containers.Interrupted:
+                pass  # the container is gone; the loop below sees `stop` and says so
+
+        watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         while watcher.is_alive():
             collect()

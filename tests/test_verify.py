@@ -154,3 +154,33 @@ def test_no_wheel_is_one_line_error(verify_project: Path, tmp_path: Path) -> Non
     proc = _verify(verify_project, tmp_path, REJECTED_ON)
     assert proc.returncode == 7
     assert proc.stderr.strip() == f"error: no hids_bytecode wheel in {tmp_path}: run `invoke build-all` first"
+
+
+def test_missing_unsigned_image_falls_back_to_the_signed_package() -> None:
+    from hidsbuild.apt import PrivateApt
+    from hidsbuild.kernels import load_matrix
+    from hidsbuild.verify.images import fetch_image, image_refs
+
+    kernel = next(k for k in load_matrix(ROOT / "kernels.yaml").kernels if k.release == "5.10.0-46-cloud-amd64")
+    assert [r.name for r in image_refs(kernel)] == [f"linux-image-{kernel.release}-unsigned",
+                                                    f"linux-image-{kernel.release}"]
+    apt = PrivateApt(SHARED_CACHE / "verify" / "apt-fallback", [kernel.suite], [kernel.deb_arch])
+    image = fetch_image(apt, kernel, SHARED_CACHE)  # its -unsigned .deb 404s on the mirror
+    assert image.vmlinuz.read_bytes()[0x202:0x206] == b"HdrS"  # an x86 boot image
+    assert "CONFIG_BPF_SYSCALL=y" in image.config.read_text()
+
+
+def test_strict_fails_on_an_unproved_kernel(verify_project: Path, mini_objects: dict[str, bytes],
+                                           tmp_path: Path) -> None:
+    dist = _wheel(tmp_path, {r: mini_objects["good"] for r in KERNELS})
+    doc = yaml.safe_load(verify_project.read_text())
+    doc["kernels"][0]["image"] = "linux-image-hids-test-not-served"
+    matrix = verify_project.with_name("kernels-unserved-image.yaml")  # beside the sources it names
+    matrix.write_text(yaml.safe_dump(doc, sort_keys=False))
+    release = doc["kernels"][0]["release"]
+    lenient = _verify(matrix, dist, release)
+    assert lenient.returncode == 0, lenient.stderr
+    assert "not proved" in lenient.stderr
+    strict = _invoke("verify", "--matrix", str(matrix), "--dist", str(dist), "--cache-dir", str(SHARED_CACHE),
+                     "--kernel", release, "--strict")
+    assert strict.returncode == 7 and "unproved" in strict.stderr

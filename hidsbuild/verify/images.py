@@ -8,7 +8,6 @@ Debian up to trixie ships both in the image package's /boot. Newer suites split 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import tempfile
@@ -16,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..apt import PackageRef, PrivateApt
+from ..artifacts import read_checked, write_checked
 from ..errors import HeadersUnavailable
 from ..kernels import Kernel
 
-__all__ = ["KernelImage", "image_ref", "fetch_image", "REQUIRED_BUILTINS"]
+__all__ = ["KernelImage", "image_refs", "fetch_image", "REQUIRED_BUILTINS"]
 
 # What the guest needs before any module could be loaded: the initramfs carries no modules, so each
 # must be built in (=y). Debian's cloud kernels have them all; a kernel that does not is reported.
@@ -43,8 +43,14 @@ class KernelImage:
         return [f"{o}={values.get(o, 'unset')}" for o in wanted if values.get(o) != "y"]
 
 
-def image_ref(kernel: Kernel) -> PackageRef:
-    return PackageRef(kernel.image, kernel.version, kernel.suite, kernel.deb_arch)
+def image_refs(kernel: Kernel) -> list[PackageRef]:
+    """The image packages to try, in order: the one kernels.yaml names (by default -unsigned, the
+    bare kernel) and, for that default, the signed package of the same build: some -unsigned pool
+    files 404 while the signed one of the same version is served, and both boot the same kernel."""
+    names = [kernel.image]
+    if kernel.image == f"linux-image-{kernel.release}-unsigned":
+        names.append(f"linux-image-{kernel.release}")
+    return [PackageRef(name, kernel.version, kernel.suite, kernel.deb_arch) for name in names]
 
 
 _FILES = {"vmlinuz": ("boot/vmlinuz-*", "usr/lib/modules/*/vmlinuz"),
@@ -69,13 +75,27 @@ def _unpack(deb: Path, tree: Path) -> None:
         raise HeadersUnavailable(f"{deb.name}: not a Debian package: {proc.stderr.strip()}")
 
 
+def _cached(image: KernelImage) -> bool:
+    """Both files present and unchanged since they were extracted (a changed one is discarded)."""
+    return all(read_checked(path, f"kernel {path.suffix[1:]}") is not None for path in (image.config, image.vmlinuz))
+
+
 def fetch_image(apt: PrivateApt, kernel: Kernel, cache: Path) -> KernelImage:
     """The kernel's vmlinuz and config, downloaded and extracted on first use; raises
-    HeadersUnavailable (the archive no longer serves that image) with the package named."""
-    ref = image_ref(kernel)
+    HeadersUnavailable (the archive serves none of its image packages) with the packages named."""
+    problems = []
+    for ref in image_refs(kernel):
+        try:
+            return _fetch(apt, kernel, ref, cache)
+        except HeadersUnavailable as exc:
+            problems.append(str(exc))
+    raise HeadersUnavailable("; ".join(problems))
+
+
+def _fetch(apt: PrivateApt, kernel: Kernel, ref: PackageRef, cache: Path) -> KernelImage:
     stem = cache / "verify" / "images" / f"{ref.name}_{ref.version}_{ref.deb_arch}"
     image = KernelImage(stem.with_name(stem.name + ".vmlinuz"), stem.with_name(stem.name + ".config"))
-    if image.vmlinuz.is_file() and image.config.is_file():
+    if _cached(image):
         return image
     stem.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hids-image-", dir=stem.parent) as tmp:
@@ -89,6 +109,6 @@ def fetch_image(apt: PrivateApt, kernel: Kernel, cache: Path) -> KernelImage:
         if vmlinuz is None or config is None:
             raise HeadersUnavailable(f"{deb.name} (and the linux-binary/linux-base packages it depends on) "
                                      f"hold no {'vmlinuz' if vmlinuz is None else 'config'}")
-        os.replace(config, image.config)
-        os.replace(vmlinuz, image.vmlinuz)  # last: its presence means both are in place
+        write_checked(image.config, config.read_bytes())
+        write_checked(image.vmlinuz, vmlinuz.read_bytes())
     return image

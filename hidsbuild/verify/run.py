@@ -31,6 +31,7 @@ class VerifyOptions:
     releases: tuple[str, ...] = ()  # empty: every kernel of the matrix
     timeout: float = 300.0
     wheels: tuple[Path, ...] = ()  # empty: the newest wheel per arch in dist/
+    strict: bool = False  # a kernel left unproved (no image served) fails the run too
 
 
 def find_wheels(dist: Path, explicit: tuple[Path, ...] = ()) -> dict[str, Path]:
@@ -125,7 +126,7 @@ def _verify_kernel(kernel: Kernel, apt: PrivateApt, sites: dict[str, Path], opts
 
 def run_verify(opts: VerifyOptions) -> list[KernelResult]:
     """Verify each selected kernel in its own VM; write dist/verify.json and dist/verify.txt and
-    raise VerifyFailed if any kernel, object or program failed."""
+    raise VerifyFailed if any kernel, object or program failed (with `strict`, or was left unproved)."""
     matrix = load_matrix(opts.matrix)
     kernels = _selected(matrix.kernels, opts.releases, opts.matrix)
     wheels = find_wheels(opts.dist, opts.wheels)
@@ -146,8 +147,9 @@ def run_verify(opts: VerifyOptions) -> list[KernelResult]:
     console.print(render_table(results))
     for result in unproved(results):
         console.print(f"[yellow]not proved[/] {result.release}: {result.reason}", soft_wrap=True)
-    bad = failures(results)
+    bad = failures(results) + (unproved(results) if opts.strict else [])
     if bad:
-        raise VerifyFailed(f"{len(bad)} of {len(results)} kernel(s) failed verification "
+        raise VerifyFailed(f"{len(bad)} of {len(results)} kernel(s) failed{' or were unproved' if opts.strict else ''} "
+                           "verification "
                            f"({', '.join(f'{r.release}: {r.status}' for r in bad)}); see {opts.dist / 'verify.txt'}")
     return results
