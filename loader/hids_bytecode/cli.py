@@ -151,20 +151,20 @@ def _cmd_load(args: argparse.Namespace) -> int:
     with interrupts.as_errors():
         facts = gather()
         results = [api.load(p, _options(args, backend=args.backend), facts, args.agent_pid) for p in _programs(args)]
-    if args.json:
-        print(json.dumps([r.as_dict() for r in results], sort_keys=True))
-        return 0
-    for r in results:
-        print(f"{r.choice.program}: {r.choice.stage} {r.choice.entry.unit}, pinned under {r.pins}")
-        for rep in r.reports:
-            print(f"  {rep.name:28} {rep.status}" + (f": {rep.message}" if rep.message else ""))
+        if args.json:
+            print(json.dumps([r.as_dict() for r in results], sort_keys=True))
+            return 0
+        for r in results:
+            print(f"{r.choice.program}: {r.choice.stage} {r.choice.entry.unit}, pinned under {r.pins}")
+            for rep in r.reports:
+                print(f"  {rep.name:28} {rep.status}" + (f": {rep.message}" if rep.message else ""))
     return 0
 
 
 def _cmd_unload(args: argparse.Namespace) -> int:
     with interrupts.as_errors():
         removed = {p: [str(x) for x in api.unload(p)] for p in _programs(args)}
-    _print(args, removed, "\n".join(f"{p}: removed {len(paths)} pins" for p, paths in removed.items()))
+        _print(args, removed, "\n".join(f"{p}: removed {len(paths)} pins" for p, paths in removed.items()))
     return 0
 
 

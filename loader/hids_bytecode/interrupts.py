@@ -9,6 +9,7 @@ recorded; it takes effect when the block ends (or at an explicit `check()`), nev
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +44,8 @@ def deferred() -> Iterator[None]:
         yield
         return
     if _depth == 0:
-        _saved.update({s: signal.signal(s, _record) for s in SIGNALS})
+        # A signal the caller ignores (nohup, a background job) stays ignored.
+        _saved.update({s: signal.signal(s, _record) for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN})
     _depth += 1
     try:
         yield
@@ -72,11 +74,16 @@ def _raise(signum: int, _frame: FrameType | None) -> None:
 
 @contextmanager
 def as_errors() -> Iterator[None]:
-    """For the CLI: SIGINT/SIGTERM raise Interrupted (exit 130/143) instead of KeyboardInterrupt
-    or dying mid-write."""
-    previous = {s: signal.signal(s, _raise) for s in SIGNALS}
+    """For a CLI command (its output included): SIGINT/SIGTERM raise Interrupted (exit 130/143)
+    instead of KeyboardInterrupt or dying mid-write. Afterwards the process only exits, and a
+    late signal is ignored: it can no longer stop anything, only turn a finished command's exit
+    status into a death by signal (Python restores SIG_DFL for its own handlers at shutdown)."""
+    wanted = [s for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+    for s in wanted:
+        signal.signal(s, _raise)
     try:
         yield
+        sys.stdout.flush()  # nothing left that could block once signals are ignored
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s in wanted:
+            signal.signal(s, signal.SIG_IGN)

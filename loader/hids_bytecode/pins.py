@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import interrupts
 from .errors import AlreadyLoaded, Busy, InvalidArgument, NotLoaded, NotPermitted, PinTreeError
 from .mounts import BPFFS
 
@@ -248,7 +249,24 @@ def _lock(root: Path, fd: int, deadline: float) -> None:
             if time.monotonic() > deadline:
                 holder = lock_holder(os.fstat(fd))
                 raise Busy(f"pin tree {root} stayed locked by pid {holder or '?'} for {LOCK_WAIT_S:.0f} s") from None
-            time.sleep(0.02)  # polled, not blocking: a signal must be able to end the wait
+            interrupts.check()  # polled, not blocking: a signal ends the wait
+            time.sleep(0.02)
+
+
+def _acquire(root: Path, create: bool) -> tuple[int, os.stat_result]:
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        fd = _open_root(root, create)
+        if fd is None:
+            raise NotLoaded(f"nothing is loaded (no pin tree at {root})")
+        try:
+            _lock(root, fd, deadline)
+            return fd, _check_root(root, fd)
+        except FileNotFoundError:  # removed by the previous holder after we opened it: start over
+            os.close(fd)
+        except BaseException:
+            os.close(fd)
+            raise
 
 
 @contextmanager
@@ -260,27 +278,18 @@ def locked_tree(create: bool) -> Iterator[PinTree]:
         raise NotPermitted("the pin tree is root's: run hids-bytecode as root")
     root = pin_root()
     _check_ancestors(root)
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        fd = _open_root(root, create)
-        if fd is None:
-            raise NotLoaded(f"nothing is loaded (no pin tree at {root})")
-        try:
-            _lock(root, fd, deadline)
-            st = _check_root(root, fd)
-            break
-        except FileNotFoundError:  # removed by the previous holder after we opened it: start over
-            os.close(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-    tree = PinTree(root, fd, st)
+    fd = None
     try:
-        tree.discard_stale()
+        with interrupts.deferred():  # a signal surfaces only where no fd or empty root is left behind
+            fd, st = _acquire(root, create)
+            tree = PinTree(root, fd, st)
+            tree.discard_stale()
         yield tree
     finally:
-        try:
-            os.rmdir(root)  # under the lock: only an empty tree goes
-        except OSError:
-            pass
-        os.close(fd)
+        if fd is not None:
+            with interrupts.deferred():
+                try:
+                    os.rmdir(root)  # under the lock: only an empty tree goes
+                except OSError:
+                    pass
+                os.close(fd)
