@@ -19,9 +19,16 @@ from typing import Any
 
 from . import interrupts
 from . import libbpf as lb
-from .attach import ProgramReport, attach_all, open_and_load, pin_all, set_agent_tgid, write_agent_tgid
-from .btf_layout import schema_from_btf, schema_from_object_file
+from .attach import (
+    ProgramReport,
+    attach_all,
+    open_and_load,
+    pin_all,
+    set_agent_tgid,
+    write_agent_tgid,
+)
 from .bpftool_backend import load_with_bpftool
+from .btf_layout import schema_from_btf, schema_from_object_file
 from .errors import AlreadyLoaded, InvalidArgument, LoadError, NotLoaded
 from .events import iter_events
 from .hostinfo import HostFacts, gather

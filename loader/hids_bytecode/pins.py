@@ -23,7 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import interrupts
-from .errors import AlreadyLoaded, Busy, InvalidArgument, NotLoaded, NotPermitted, PinTreeError
+from .errors import (
+    AlreadyLoaded,
+    Busy,
+    InvalidArgument,
+    NotLoaded,
+    NotPermitted,
+    PinTreeError,
+)
 from .mounts import BPFFS
 
 __all__ = ["PIN_ENV", "BPF_FS_MAGIC", "PROGRAM_NAME", "check_name", "pin_root", "pin_dir", "PinTree",
