@@ -120,7 +120,18 @@ def load(program: str, options: Options = Options(), facts: HostFacts | None = N
 
 def _load_into(staging: Path, data: bytes, choice: Choice, options: Options, tgid: int) -> list[ProgramReport]:
     if options.backend == "bpftool":
-        return load_with_bpftool(data, staging)
+        reports = load_with_bpftool(data, staging)
+        config = staging / "maps" / "config"
+        if tgid and config.exists():
+            lib = lb.get(echo=options.verbose)
+            fd = lib.bpf_obj_get(str(config).encode())
+            if fd < 0:
+                raise LoadError(f"cannot open pinned map {config}: {lib.strerror(fd)}")
+            try:
+                set_agent_tgid(lib, fd, tgid)
+            finally:
+                os.close(fd)
+        return reports
     loaded = open_and_load(lb.get(echo=options.verbose), data, choice.entry.unit)
     try:
         interrupts.check()
