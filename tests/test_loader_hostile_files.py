@@ -209,6 +209,22 @@ def test_compilers_never_come_from_path(path_var: str, mini: Entry, tmp_path: Pa
         assert "PATH is not searched" in plan.reason and all(d in plan.reason for d in TRUSTED_DIRS)
 
 
+@needs_setpriv
+def test_compiler_another_user_can_change_is_never_run(mini: Entry, shared: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(shared / "cache"))
+    marker = shared / "ran"
+    (shared / "fake").write_text(FAKE.format(marker=marker))
+    (shared / "fake").chmod(0o755)
+    theirs = shared / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    as_nobody("cp", "-p", str(shared / "fake"), str(theirs / "clang"))
+    with pytest.raises(RuntimeCompileError, match="not a root-owned compiler"):
+        compile_object(RuntimePlan(True, "test", theirs / "clang", args=("mini.c",)), mini, gather())
+    assert not marker.exists()
+
+
 # --- manifest paths and objects ------------------------------------------------------------------
 
 def _edit(data: Path, program: str, **changes: object) -> dict:

@@ -184,7 +184,9 @@ def _clang_version(clang: Path) -> str:
 
 def _tool(clang: Path, name: str) -> str:
     """`name` from clang's own LLVM, else from TRUSTED_DIRS; never from PATH."""
-    found = safefs.trusted_executable(clang.parent / name) or find_compiler(name)
+    # clang's own directory (resolved: /usr/bin/clang-19 is a link into /usr/lib/llvm-19/bin), whose
+    # llc reads the bitcode of that clang; /usr/bin/llc may belong to an older LLVM.
+    found = safefs.trusted_executable(Path(os.path.realpath(clang)).parent / name) or find_compiler(name)
     if found is None:
         raise RuntimeCompileError(f"no root-owned {name} next to {clang} or in {', '.join(TRUSTED_DIRS)} "
                                   f"(install llvm)")
@@ -279,6 +281,8 @@ def compile_object(plan: RuntimePlan, entry: Entry, facts: HostFacts) -> tuple[b
     """The compiled object's checked bytes and cache path; from the cache when the same inputs were
     compiled before and the cached file passes its checks."""
     assert plan.ready and plan.clang is not None
+    if safefs.trusted_executable(plan.clang) is None:
+        raise RuntimeCompileError(f"{plan.clang} is not a root-owned compiler only root can change; refusing it")
     if not _SAFE_NAME.fullmatch(entry.program):
         raise RuntimeCompileError(f"program name {entry.program!r} cannot name a cache file")
     text = read_source(entry)
