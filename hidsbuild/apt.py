@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HeadersUnavailable
+from .report import console
 
 __all__ = ["Mirrors", "host_mirrors", "PrivateApt", "PackageRef", "Remote", "fetch_all"]
 
@@ -130,10 +131,13 @@ class PrivateApt:
     def locate(self, refs: list[PackageRef]) -> list[Remote]:
         """Where each exact package version is served, with the size and sha256 apt verified
         against the signed index; names the first one the archive lacks."""
-        self.update()
+        served: dict[str, dict[str, list[tuple[str, str, str]]]] = {}
+        for deb_arch in sorted({ref.deb_arch for ref in refs}):
+            served[deb_arch] = self._madison(sorted({r.name for r in refs if r.deb_arch == deb_arch}), deb_arch)
         specs = []
         for ref in refs:
-            names = [name for name, version, _ in self.madison(ref.name, ref.deb_arch) if version == ref.version]
+            copies = served[ref.deb_arch].get(ref.name, [])
+            names = [name for name, version, _ in copies if version == ref.version]
             if not names:
                 raise HeadersUnavailable(
                     f"{ref.name}={ref.version} ({ref.deb_arch}) is no longer served by Debian suite {ref.suite}: "
@@ -166,15 +170,20 @@ class PrivateApt:
         The apt name carries an arch qualifier for foreign-arch packages (pkg:arm64) and none
         for native or arch-all ones, which is how `apt-get download` wants them named.
         """
+        return self._madison([name], deb_arch).get(name, [])
+
+    def _madison(self, names: list[str], deb_arch: str) -> dict[str, list[tuple[str, str, str]]]:
+        # One apt-cache process for every name: each process re-reads all the suites' indices
+        # (seconds apiece), so one call per package made header fetching mostly waiting.
         self.update()
-        proc = subprocess.run(["apt-cache", *self._options(), "madison", name], capture_output=True, text=True)
-        found = []
+        proc = subprocess.run(["apt-cache", *self._options(), "madison", *names], capture_output=True, text=True)
+        found: dict[str, list[tuple[str, str, str]]] = {}
         for line in proc.stdout.splitlines():
             cols = [c.strip() for c in line.split("|")]
             if len(cols) >= 3:
                 where = cols[2].split()  # <uri> <suite>/<component> <arch> Packages
                 if len(where) >= 3 and where[2] == deb_arch:
-                    found.append((cols[0], cols[1], where[1].split("/")[0]))
+                    found.setdefault(cols[0].split(":")[0], []).append((cols[0], cols[1], where[1].split("/")[0]))
         return found
 
     def package_names(self, prefix: str) -> list[str]:
@@ -204,11 +213,15 @@ def _fetch_one(remote: Remote, dest: Path, on_progress: Callable[[int], None] | 
         raise HeadersUnavailable(f"{remote.filename}: got {size} bytes with sha256 {h.hexdigest()[:16]}..., the signed "
                                  f"index says {remote.size} bytes, {remote.sha256[:16]}...: refused")
     partial.replace(target)
+    # One line per file as well as the bar: a CI log has no live bar, and minutes of silence read as a hang.
+    console.print(f"  fetched {remote.filename} ({size / 1e6:.1f} MB, sha256 ok)", markup=False)
     return target
 
 
 def fetch_all(remotes: list[Remote], dest: Path, on_progress: Callable[[int], None] | None = None) -> list[Path]:
     """Download every file concurrently (bounded); each is kept only if its size and sha256 match."""
     dest.mkdir(parents=True, exist_ok=True)
+    unique = list({r.filename: r for r in remotes}.values())  # an arch-all package serves several arches
     with ThreadPoolExecutor(max_workers=_FETCH_JOBS) as pool:
-        return list(pool.map(lambda r: _fetch_one(r, dest, on_progress), remotes))
+        paths = dict(zip((r.filename for r in unique), pool.map(lambda r: _fetch_one(r, dest, on_progress), unique)))
+    return [paths[r.filename] for r in remotes]

@@ -72,7 +72,8 @@ class HeadersCache:
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.root, prefix=f".fetch-{os.getpid()}-") as tmp:
             remotes = self.apt.locate(missing)
-            with ByteProgress(f"headers ({len(remotes)} packages)", sum(r.size for r in remotes)) as progress:
+            unique = {r.filename: r.size for r in remotes}
+            with ByteProgress(f"headers ({len(unique)} packages)", sum(unique.values())) as progress:
                 debs = fetch_all(remotes, Path(tmp) / "debs", progress.advance)
             for ref, deb in zip(missing, debs):
                 staging = Path(tmp) / ref.name
