@@ -330,8 +330,8 @@ def test_closed_stdout_ends_quietly(loader_data: Path) -> None:
 
 def test_select_explain_into_head_is_quiet(loader_data: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "loader"), "HIDS_BYTECODE_DATA": str(loader_data)}
-    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m hids_bytecode select --explain "
-                                         "| head -1"], capture_output=True, text=True, env=env, timeout=60)
+    pipeline = f"set -o pipefail; {sys.executable} -m hids_bytecode select --explain | head -1"
+    proc = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True, env=env, timeout=60)
     assert (proc.returncode, proc.stderr, proc.stdout) == (0, "", "facts:\n")
 
 
