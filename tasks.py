@@ -72,17 +72,19 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
         "shard": "build only slice K/N of the matrix (whole kernels), e.g. 1/4; skips the wheel",
         "jobs": "parallel compiles per container (default: all cores)",
         "no_bundle": "stop after build/ and skip the wheel",
+        "rebuild_toolchain": "build the toolchain image anew without docker's layer cache (same pins: the objects "
+                             "must come out byte-identical)",
     }
 )
 @_reported
 def build_all(c, matrix=str(DEFAULT_MATRIX), build_dir=str(DEFAULT_BUILD), dist=str(DEFAULT_DIST),
-              cache_dir=str(DEFAULT_CACHE), shard=None, jobs=0, no_bundle=False):
+              cache_dir=str(DEFAULT_CACHE), shard=None, jobs=0, no_bundle=False, rebuild_toolchain=False):
     """Compile every program x kernel x variant in the toolchain container, validate, and bundle the wheel."""
     from hidsbuild.pipeline import BuildOptions, build_all as run
 
     # docker takes a relative bind-mount source for a named volume: hand it absolute paths.
     run(BuildOptions(Path(matrix).resolve(), Path(build_dir).resolve(), Path(cache_dir).resolve(),
-                     _parse_shard(shard), jobs or None))
+                     _parse_shard(shard), jobs or None, bool(rebuild_toolchain)))
     if not (shard or no_bundle):
         bundle(c, build_dir=build_dir, dist=dist)
 
@@ -109,23 +111,41 @@ def bundle(c, build_dir=str(DEFAULT_BUILD), dist=str(DEFAULT_DIST), merge=None):
         "suite": "Debian suite to crawl (repeatable; default: bullseye..sid incl. security/backports)",
         "arch": "x86_64 or aarch64 (repeatable; default: both)",
         "flavour": "kernel flavour: cloud (default), rt, or '' for the generic one",
-        "cache_dir": "apt state lives here (default: .cache/)",
+        "newest": "only the newest kernel of each suite and arch",
+        "write": "refresh this kernels.yaml in place: new kernels added, versions updated, comments kept",
+        "prune": "with --write: also remove the kernels the archive no longer serves (default: only report them)",
     },
     iterable=["suite", "arch"],
 )
 @_reported
-def discover(c, suite=None, arch=None, flavour="cloud", cache_dir=str(DEFAULT_CACHE)):
-    """List the kernel releases Debian's archive serves now, by suite and arch, in kernels.yaml form."""
-    from hidsbuild.apt import PrivateApt
-    from hidsbuild.discover import DEFAULT_SUITES, discover as crawl, render_yaml
+def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None, prune=False):
+    """List the kernel releases Debian's archive serves now (signed Packages indexes), or refresh a kernels.yaml."""
+    from hidsbuild import discover as crawler
     from hidsbuild.kernels import ARCHES
 
-    arches = arch or list(ARCHES)
+    arches = list(arch or ARCHES)
     unknown = [a for a in arches if a not in ARCHES]
     if unknown:
         raise Exit(f"error: unknown arch {unknown[0]!r} (expected one of {', '.join(ARCHES)})", code=2)
-    apt = PrivateApt(Path(cache_dir) / "apt-discover", list(suite or DEFAULT_SUITES), [ARCHES[a][0] for a in arches])
-    print(render_yaml(crawl(apt, flavour)), end="")
+    if prune and not write:
+        raise Exit("error: --prune needs --write FILE", code=2)
+    suites = list(suite or crawler.DEFAULT_SUITES)
+    served = crawler.discover(suites, arches, flavour)
+    candidates = crawler.newest(served) if newest else served
+    if not write:
+        print(crawler.render_yaml(candidates), end="")
+        return
+    report = crawler.write_matrix(Path(write), served, candidates, suites, arches, flavour, prune)
+    for s in report.added:
+        print(f"added    {s.release} ({s.arch}) in {s.suite}, {s.version}")
+    for s, old in report.updated:
+        print(f"updated  {s.release} ({s.arch}) in {s.suite}: {old} -> {s.version}")
+    for label in report.vanished:
+        state = "pruned" if label in report.pruned else "kept: core builds from it" if label in report.kept_for_core \
+            else "kept: --prune removes it"
+        print(f"vanished {label} ({state})")
+    if not (report.added or report.updated or report.pruned):
+        print(f"{write}: up to date")
 
 
 @task(

@@ -1,19 +1,40 @@
-"""A small kernel crawler: which kernel releases Debian's archive serves now, in kernels.yaml form."""
+"""The kernel crawler: which kernel releases Debian's archive serves now, and a kernels.yaml refresh.
+
+It reads each suite's signed Packages index directly (see archive_index) and keeps only real
+kernel builds. A real headers package is `linux-headers-<release>` whose release carries a
+patch level or ABI (6.1.0-50-cloud-amd64, 6.12.117+deb13-cloud-arm64) and which depends on
+its own `linux-headers-<abi>-common`; the metapackages (linux-headers-cloud-arm64,
+linux-headers-6.12-cloud-arm64) have neither: they only depend on a real one.
+"""
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from .apt import PrivateApt
-from .kernels import ARCHES
+import yaml
+from debian.deb822 import Packages
+from debian.debian_support import Version
 
-__all__ = ["DEFAULT_SUITES", "Served", "discover", "render_yaml"]
+from .apt import Mirrors, host_mirrors
+from .archive_index import KEYRINGS, packages_index, packages_paragraphs, verified_release
+from .errors import ConfigError
+from .kernels import ARCHES, load_matrix, release_parts
+
+__all__ = ["DEFAULT_SUITES", "Served", "WriteReport", "discover", "kernels_in", "newest", "render_yaml",
+           "write_matrix"]
 
 DEFAULT_SUITES = ("bullseye", "bullseye-security", "bookworm", "bookworm-security", "bookworm-backports",
                   "trixie", "trixie-security", "sid")
-_HEADERS = re.compile(r"^linux-headers-(?P<release>\d+\.\d+[0-9A-Za-z.+~-]*?-(?P<flavour>(?:cloud-|rt-)?(?:amd64|arm64)))$")
 _DEB_TO_UNAME = {deb: uname for uname, (deb, _) in ARCHES.items()}
+_PATCH_LEVEL = re.compile(r"\d+\.\d+\.\d+[0-9a-z.+-]*")
+_WORKERS = 8
 
 
 @dataclass(frozen=True, order=True)
@@ -22,31 +43,191 @@ class Served:
     arch: str
     release: str
     version: str
+    image: str | None = None  # set only when the default linux-image-<release>-unsigned is not served
 
 
-def discover(apt: PrivateApt, flavour: str = "cloud") -> list[Served]:
-    """Every (suite, arch, release, version) of a versioned headers package of one flavour
-    ("cloud", "rt", or "" for the generic one)."""
-    found = set()
-    for name in apt.package_names("linux-headers-"):
-        match = _HEADERS.match(name)
-        if not match:
+def _flavour_name(flavour: str, deb_arch: str) -> str:
+    return f"{flavour}-{deb_arch}" if flavour else deb_arch
+
+
+def _real_release(paragraph: Packages) -> str | None:
+    parts = release_parts(paragraph["Package"].removeprefix("linux-headers-"))
+    if parts is None or not _PATCH_LEVEL.fullmatch(parts[0]):
+        return None
+    depends = {alt["name"] for group in paragraph.relations["depends"] for alt in group}
+    return paragraph["Package"].removeprefix("linux-headers-") if f"linux-headers-{parts[0]}-common" in depends else None
+
+
+def kernels_in(index: bytes, suite: str, deb_arch: str, flavour: str = "cloud") -> list[Served]:
+    """The newest version of every real kernel release of one flavour in one Packages index."""
+    want = _flavour_name(flavour, deb_arch)
+    best: dict[str, Version] = {}
+    images: set[str] = set()
+    for paragraph in packages_paragraphs(index, ("linux-headers-", "linux-image-")):
+        name = paragraph["Package"]
+        if name.startswith("linux-image-"):
+            images.add(name)
             continue
-        release, deb_arch = match.group("release"), match.group("flavour").rsplit("-", 1)[-1]
-        if match.group("flavour") != "-".join(filter(None, (flavour, deb_arch))) or deb_arch not in apt.deb_arches:
+        release = _real_release(paragraph)
+        if release is None or release_parts(release)[1] != want:  # type: ignore[index]
             continue
-        for _, version, suite in apt.madison(name, deb_arch):
-            if suite in apt.suites:
-                found.add(Served(suite, _DEB_TO_UNAME[deb_arch], release, version))
-    return sorted(found)
+        version = Version(paragraph["Version"])
+        if release not in best or version > best[release]:
+            best[release] = version
+    served = []
+    for release, version in best.items():
+        image = None
+        if f"linux-image-{release}-unsigned" not in images and f"linux-image-{release}" in images:
+            image = f"linux-image-{release}"
+        served.append(Served(suite, _DEB_TO_UNAME[deb_arch], release, str(version), image))
+    return sorted(served)
 
 
-def render_yaml(served: list[Served]) -> str:
-    lines = ["kernels:"]
+def discover(suites: Iterable[str], arches: Iterable[str], flavour: str = "cloud", mirrors: Mirrors | None = None,
+             keyrings: tuple[Path, ...] = KEYRINGS) -> list[Served]:
+    """Every real kernel (suite, arch, release, newest version) the archive serves, suites fetched concurrently."""
+    mirrors = mirrors or host_mirrors()
+    suites, deb_arches = list(dict.fromkeys(suites)), [ARCHES[a][0] for a in dict.fromkeys(arches)]
+    with ThreadPoolExecutor(max_workers=min(_WORKERS, len(suites) * len(deb_arches)) or 1) as pool:
+        releases = list(pool.map(lambda s: verified_release(mirrors.for_suite(s), s, keyrings), suites))
+        jobs = [(release, a) for release in releases for a in deb_arches]
+        found = pool.map(lambda job: kernels_in(packages_index(job[0], job[1]), job[0].suite, job[1], flavour), jobs)
+        return sorted(s for batch in found for s in batch)
+
+
+def newest(served: Iterable[Served]) -> list[Served]:
+    """Only the newest kernel of each (suite, arch)."""
+    best: dict[tuple[str, str], Served] = {}
+    for s in served:
+        current = best.get((s.suite, s.arch))
+        if current is None or (Version(s.version), s.release) > (Version(current.version), current.release):
+            best[(s.suite, s.arch)] = s
+    return sorted(best.values())
+
+
+def _item_lines(s: Served, dash: str, indent: str) -> list[str]:
+    lines = [f"{dash}release: {s.release}", f"{indent}arch: {s.arch}", f"{indent}suite: {s.suite}",
+             f"{indent}version: {s.version}"]
+    if s.image:
+        lines.append(f"{indent}image: {s.image}   # the -unsigned image package is not served")
+    return lines
+
+
+def _grouped(served: list[Served], dash: str, indent: str) -> list[str]:
+    lines: list[str] = []
     current = None
     for s in served:
         if (s.suite, s.arch) != current:
             current = (s.suite, s.arch)
-            lines.append(f"  # {s.suite} / {s.arch}")
-        lines += [f"  - release: {s.release}", f"    arch: {s.arch}", f"    suite: {s.suite}", f"    version: {s.version}"]
-    return "\n".join(lines) + "\n"
+            lines.append(f"{dash[:len(dash) - len(dash.lstrip(' '))]}# {s.suite} / {s.arch}")
+        lines += _item_lines(s, dash, indent)
+    return lines
+
+
+def render_yaml(served: list[Served]) -> str:
+    return "\n".join(["kernels:", *_grouped(served, "  - ", "    ")]) + "\n"
+
+
+@dataclass
+class WriteReport:
+    added: list[Served] = field(default_factory=list)
+    updated: list[tuple[Served, str]] = field(default_factory=list)  # (now served, version in the file before)
+    vanished: list[str] = field(default_factory=list)  # "release (arch) in suite, version"
+    pruned: list[str] = field(default_factory=list)
+    kept_for_core: list[str] = field(default_factory=list)
+
+
+def write_matrix(path: Path, served: list[Served], candidates: list[Served], suites: Iterable[str],
+                 arches: Iterable[str], flavour: str = "cloud", prune: bool = False) -> WriteReport:
+    """Refresh kernels.yaml in place by editing its text, so comments and other keys stay as they are.
+
+    `served` is everything the crawl saw (it decides what vanished and which versions move on);
+    `candidates` are the kernels to add when the file lacks them (all of `served`, or the newest).
+    Only kernels of the crawled suites, arches and flavour can be reported vanished. The result is
+    checked with load_matrix before it replaces the file.
+    """
+    matrix = load_matrix(path)
+    text = path.read_text(encoding="utf-8")
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    seq = next(v for k, v in root.value if k.value == "kernels")
+    if seq.flow_style:
+        raise ConfigError(str(path), seq.start_mark.line + 1, "kernels", "--write needs a block list (one `- release:` item per kernel)")
+    items = [{k.value: v for k, v in item.value} for item in seq.value]
+    scope_suites, scope_arches = set(suites), set(arches)
+    by_key = {(s.suite, s.arch, s.release): s for s in served}
+    core_releases = {(c.btf_from.release, c.arch) for c in matrix.core}
+    report = WriteReport()
+    lines = text.splitlines(keepends=True)
+    deletions: list[tuple[int, int]] = []
+
+    for kernel, item, node in zip(matrix.kernels, items, seq.value):
+        if kernel.suite not in scope_suites or kernel.arch not in scope_arches or \
+                kernel.flavour != _flavour_name(flavour, kernel.deb_arch):
+            continue
+        now = by_key.get((kernel.suite, kernel.arch, kernel.release))
+        if now is not None:
+            if now.version != kernel.version:
+                value = item["version"]
+                quote = value.style if value.style in ("'", '"') else ""
+                row = lines[value.start_mark.line]
+                lines[value.start_mark.line] = (row[:value.start_mark.column] + f"{quote}{now.version}{quote}"
+                                                + row[value.end_mark.column:])
+                report.updated.append((now, kernel.version))
+            continue
+        label = f"{kernel.release} ({kernel.arch}) in {kernel.suite}, {kernel.version}"
+        report.vanished.append(label)
+        if prune and (kernel.release, kernel.arch) in core_releases:
+            report.kept_for_core.append(label)
+        elif prune:
+            deletions.append((node.start_mark.line, _last_line(node)))
+            report.pruned.append(label)
+
+    present = {(k.release, k.arch) for k in matrix.kernels}
+    chosen: dict[tuple[str, str], Served] = {}
+    for s in candidates:
+        key = (s.release, s.arch)
+        if key not in present and (key not in chosen or Version(s.version) > Version(chosen[key].version)):
+            chosen[key] = s
+    report.added = sorted(chosen.values())
+
+    first = seq.value[0].start_mark
+    dash = lines[first.line][:first.column]
+    if not re.fullmatch(r" *- +", dash):
+        dash = " " * max(len(dash) - len(dash.lstrip(" ")), 2) + "- "
+    end = _last_line(seq.value[-1]) + 1
+    if lines[end - 1] and not lines[end - 1].endswith("\n"):
+        lines[end - 1] += "\n"
+    addition = [line + "\n" for line in _grouped(report.added, dash, " " * len(dash))]
+    lines[end:end] = addition
+    for start, stop in sorted(deletions, reverse=True):
+        del lines[start:stop + 1]
+    if report.added or report.updated or report.pruned:
+        _replace_checked(path, "".join(lines))
+    return report
+
+
+def _last_line(node: yaml.Node) -> int:
+    """0-based index of the last line holding part of a node (a block collection's own end mark
+    lies at the next token, possibly lines further down, so its children decide)."""
+    if isinstance(node, yaml.ScalarNode) or node.flow_style or not node.value:
+        end = node.end_mark
+        return max(node.start_mark.line, end.line if end.column > 0 else end.line - 1)
+    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+    return max(_last_line(child) for child in children)
+
+
+def _replace_checked(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        shutil.copymode(path, tmp)
+        try:
+            load_matrix(tmp)
+        except ConfigError as exc:
+            raise ConfigError(str(path), exc.line, exc.key, f"the refreshed matrix would not parse, left as it was: "
+                                                            f"{str(exc).split(': ', 2)[-1]}") from None
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -21,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 from .errors import ConfigError
 
 __all__ = ["ARCHES", "Toolchain", "Program", "Variant", "Kernel", "CoreTarget", "Matrix", "load_matrix",
-           "CFLAG_RULES"]
+           "CFLAG_RULES", "release_parts"]
 
 # uname -m -> (Debian architecture, kernel source tree arch)
 ARCHES = {"x86_64": ("amd64", "x86"), "aarch64": ("arm64", "arm64")}
@@ -59,6 +59,9 @@ _PLAIN_SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "null",
 class Toolchain:
     suite: str
     clang: int
+    # (package, exact Debian version) of everything in the image that shapes an object; empty only
+    # in a matrix that is parsed but never built (the build refuses it and says how to pin).
+    packages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,23 @@ _SUITE_WHAT = "a Debian suite name (lower-case letters, digits, '.', '+', '-')"
 _PACKAGE_WHAT = "a Debian package name (lower-case letters, digits, '+', '.', '-')"
 
 
+def _pins(r: _Reader, tc: _Map, clang: int) -> tuple[tuple[str, str], ...]:
+    """toolchain.packages: package -> exact Debian version; clang-N, llvm-N and bpftool at least."""
+    node = r.get(tc, "packages", "toolchain", _Map, None)
+    if node is None:
+        return ()
+    pins = []
+    for name in node:
+        where = f"toolchain.packages.{_label(name)}"
+        if not isinstance(name, str) or not _PACKAGE.fullmatch(name):
+            raise r.fail(node.key_lines[name], where, f"{_show(name)} is not {_PACKAGE_WHAT}")
+        pins.append((name, r.matching(node, name, "toolchain.packages", _VERSION_SYNTAX, "a Debian version")))
+    missing = [p for p in (f"clang-{clang}", f"llvm-{clang}", "bpftool") if p not in node]
+    if missing:
+        raise r.fail(node.line, "toolchain.packages", f"must pin {', '.join(missing)} (the packages that make objects)")
+    return tuple(sorted(pins))
+
+
 def _strings(r: _Reader, node: _Map, key: str, where: str, pattern: re.Pattern[str], what: str,
              default: Any = ...) -> tuple[str, ...]:
     seq = r.get(node, key, where, _Seq, default)
@@ -431,11 +451,11 @@ def load_matrix(path: str | Path) -> Matrix:
     r.unknown_keys(doc, {"toolchain", "programs", "variants", "kernels", "core"}, "")
 
     tc = r.get(doc, "toolchain", "", _Map)
-    r.unknown_keys(tc, {"suite", "clang"}, "toolchain")
+    r.unknown_keys(tc, {"suite", "clang", "packages"}, "toolchain")
     clang = r.get(tc, "clang", "toolchain", int)
     if not 10 <= clang <= 99:
         raise r.fail(tc.key_lines["clang"], "toolchain.clang", f"expected a clang major version (10-99), got {clang}")
-    toolchain = Toolchain(r.matching(tc, "suite", "toolchain", _SUITE, _SUITE_WHAT), clang)
+    toolchain = Toolchain(r.matching(tc, "suite", "toolchain", _SUITE, _SUITE_WHAT), clang, _pins(r, tc, clang))
 
     axes_node = r.get(doc, "variants", "", _Map)
     matrix_variants = _variants(r, axes_node, "variants", None)
@@ -478,6 +498,12 @@ def load_matrix(path: str | Path) -> Matrix:
                 raise r.fail(cnode.key_lines["btf_from"], f"{where}.btf_from", f"{_show(release)} is not a {arch} kernel of this matrix")
             core.append(CoreTarget(arch, kernels[(release, arch)]))
     return Matrix(path, toolchain, tuple(programs), tuple(kernels.values()), tuple(core))
+
+
+def release_parts(release: str) -> tuple[str, str] | None:
+    """(abi, flavour) of a kernel release as uname -r prints it, e.g. ('6.1.0-50', 'cloud-amd64')."""
+    match = _RELEASE.fullmatch(release)
+    return (match.group("abi"), match.group("flavour")) if match else None
 
 
 def parse_version(text: str) -> Version:
