@@ -8,17 +8,17 @@ interrupted fetch nor a later edit leaves a tree a build would trust.
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .apt import PackageRef, PrivateApt, fetch_all
-from .artifacts import record_tree, tree_intact
+from .artifacts import read_checked, record_tree, tree_intact, write_checked
 from .errors import HeadersUnavailable
 from .kernels import Kernel
+from .owners import make_scratch, reap_scratch
 from .report import ByteProgress
 
 __all__ = ["KernelHeaders", "HeadersCache"]
@@ -51,8 +51,23 @@ class HeadersCache:
         # The -common package is arch: all; apt still resolves it under the kernel's arch.
         return [PackageRef(name, kernel.version, kernel.suite, kernel.deb_arch) for name in kernel.headers]
 
+    def _deb_record(self, ref: PackageRef) -> Path:
+        return self.root / f"{ref.name}_{ref.version}_{ref.deb_arch}.deb.json"
+
+    def packages(self, kernel: Kernel) -> list[dict[str, object]]:
+        """The kernel's header packages as fetched: name, version, arch, and the size and sha256
+        that apt's signed index gave and the download was checked against (for provenance)."""
+        found = []
+        for ref in self.refs(kernel):
+            data = read_checked(self._deb_record(ref), f"package record {ref.name}")
+            found.append(json.loads(data) if data else {"name": ref.name, "version": ref.version,
+                                                         "arch": ref.deb_arch, "sha256": None})
+        return found
+
     def missing(self, kernel: Kernel) -> list[PackageRef]:
-        return [ref for ref in self.refs(kernel) if not self._entry(ref).is_dir()]
+        # A tree without the record of the package it came from cannot be accounted for in
+        # provenance: fetched again like a missing one.
+        return [ref for ref in self.refs(kernel) if not (self._entry(ref).is_dir() and self._deb_record(ref).is_file())]
 
     def check(self, kernels: list[Kernel]) -> None:
         """Hash every cached tree these kernels compile against; a tree that changed since it was
@@ -69,13 +84,14 @@ class HeadersCache:
         if self.apt is None:
             raise HeadersUnavailable(f"headers of {', '.join(k.release for k in kernels)} are not cached "
                                      "and no archive access was given")
-        self.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.root, prefix=f".fetch-{os.getpid()}-") as tmp:
+        reap_scratch(self.root / ".scratch")
+        tmp = make_scratch(self.root / ".scratch", "fetch")
+        try:
             remotes = self.apt.locate(missing)
             unique = {r.filename: r.size for r in remotes}
             with ByteProgress(f"headers ({len(unique)} packages)", sum(unique.values())) as progress:
                 debs = fetch_all(remotes, Path(tmp) / "debs", progress.advance)
-            for ref, deb in zip(missing, debs):
+            for ref, remote, deb in zip(missing, remotes, debs):
                 staging = Path(tmp) / ref.name
                 proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], capture_output=True, text=True)
                 if proc.returncode != 0:
@@ -84,10 +100,15 @@ class HeadersCache:
                     raise HeadersUnavailable(f"{deb.name} holds no /usr/src/linux-headers-* tree")
                 entry = self._entry(ref)
                 record_tree(staging, entry)
+                write_checked(self._deb_record(ref), json.dumps(
+                    {"name": ref.name, "version": ref.version, "arch": ref.deb_arch, "suite": ref.suite,
+                     "filename": remote.filename, "size": remote.size, "sha256": remote.sha256}, sort_keys=True).encode())
                 try:
                     staging.rename(entry)
                 except OSError:  # another build sharing this cache got there first; its tree is as good
                     shutil.rmtree(staging)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         for kernel in kernels:
             self.describe(kernel)
 

@@ -42,6 +42,7 @@ class BuildOptions:
     cache_dir: Path
     shard: tuple[int, int] | None = None
     parallel: int | None = None
+    rebuild_toolchain: bool = False  # build the image anew, without docker's layer cache
 
 
 @dataclass
@@ -140,8 +141,25 @@ def _index_entry(outcome: Outcome, matrix: Matrix, stitched: Stitched) -> dict[s
     }
 
 
+def _inputs(matrix: Matrix, planner: _Planner, units: list[Unit], stitched: dict[str, Stitched]) -> dict[str, Any]:
+    """Every input of this build, for provenance: the matrix file, the toolchain (recipe hash and
+    the exact package pins the image is checked to hold), each header package with the sha256
+    apt's signed index gave it, and each stitched source."""
+    kernels = list(dict.fromkeys(u.kernel for u in units if u.kernel))
+    kernels += [c.btf_from for c in matrix.core if any(u.kernel is None and u.arch == c.arch for u in units)]
+    packages = {(p["name"], p["version"], p["arch"]): p for k in dict.fromkeys(kernels)
+                for p in planner.headers.packages(k)}
+    tc = matrix.toolchain
+    return {
+        "matrix": {"path": matrix.path.name, "sha256": hashlib.sha256(matrix.path.read_bytes()).hexdigest()},
+        "toolchain": {"suite": tc.suite, "clang": tc.clang, "recipe": planner.recipe, "packages": dict(tc.packages)},
+        "headers": [packages[k] for k in sorted(packages)],
+        "sources": {name: s.sha256 for name, s in sorted(stitched.items())},
+    }
+
+
 def _write_build_dir(build_dir: Path, entries: list[dict[str, Any]], outcomes: list[Outcome],
-                     stitched: dict[str, Stitched], failures: list[tuple[str, str]]) -> None:
+                     stitched: dict[str, Stitched], failures: list[tuple[str, str]], inputs: dict[str, Any]) -> None:
     objects = {o.object.meta["sha256"]: o.object.data for o in outcomes if o.object is not None}
     for sha, data in objects.items():
         path = build_dir / "objects" / f"{sha}.o"
@@ -150,7 +168,7 @@ def _write_build_dir(build_dir: Path, entries: list[dict[str, Any]], outcomes: l
     for s in stitched.values():
         write_atomic(build_dir / "sources" / f"{s.program}-{s.sha256[:16]}.c", s.text.encode())
     index = {"schema": 1, "units": sorted(entries, key=lambda e: e["unit"]),
-             "failures": [{"unit": u, "error": e} for u, e in sorted(failures)]}
+             "failures": [{"unit": u, "error": e} for u, e in sorted(failures)], "inputs": inputs}
     write_atomic(build_dir / "index.json", (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
     # Only what the index names stays: a stale object must never be bundled.
     keep_objects = {f"{e['sha256']}.o" for e in entries}
@@ -190,7 +208,8 @@ def build_all(opts: BuildOptions) -> BuildResult:
     entries = [_index_entry(o, matrix, stitched[o.job.unit.program.name]) for o in result.outcomes if o.object]
     result.failures = sorted((o.job.unit.id, o.error) for o in result.outcomes if o.status == "failed")
     with step(f"write {opts.build_dir}"):
-        _write_build_dir(opts.build_dir, entries, result.outcomes, stitched, result.failures)
+        _write_build_dir(opts.build_dir, entries, result.outcomes, stitched, result.failures,
+                         _inputs(matrix, planner, units, stitched))
 
     rows: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     for o in sorted(result.outcomes, key=lambda o: units.index(o.job.unit)):
@@ -284,7 +303,7 @@ def _build_missing(matrix: Matrix, opts: BuildOptions, planner: _Planner, cache:
     reap_leftovers(client)
     reap_scratch(opts.cache_dir / "tmp")
     with step("toolchain image"):
-        image = ensure_image(client, matrix.toolchain, opts.cache_dir / "state")
+        image = ensure_image(client, matrix.toolchain, opts.cache_dir, opts.rebuild_toolchain)
     _prepare_inputs(client, image, matrix, opts, planner, todo)
     batches: dict[str, list[Job]] = defaultdict(list)
     for unit in todo:

@@ -2,8 +2,9 @@
 
 debootstrap makes a minimal Debian root, `docker import` turns it into a base image, and a
 Dockerfile rendered from templates/ adds clang and llvm. The image is tagged by a hash of its
-recipe (suite, clang version, Dockerfile and the in-container compile script), so it is rebuilt
-only when that recipe changes.
+recipe (suite, clang version, the exact Debian versions of the packages that shape objects,
+Dockerfile and the in-container compile script), so it is rebuilt only when that recipe changes,
+and it is checked to hold exactly those versions before it is used.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +24,7 @@ import docker.errors
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from . import containers
-from .apt import host_mirrors
+from .apt import PrivateApt, host_mirrors
 from .artifacts import read_checked, write_checked
 from .errors import ToolchainError
 from .kernels import Toolchain
@@ -34,13 +36,16 @@ __all__ = ["ToolchainImage", "recipe_hash", "ensure_image", "docker_client"]
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _COMPILE_SCRIPT = "compile_unit.sh"
 log = logging.getLogger("hidsbuild")
+# The image is built for, and runs on, the build host's own architecture.
+_HOST_DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]
 
 
 @dataclass(frozen=True)
 class ToolchainImage:
     tag: str
-    recipe: str  # hash of the recipe: the toolchain's identity in cache keys
+    recipe: str  # hash of the recipe, exact package pins included: the toolchain's identity in cache keys
     clang_version: str
+    packages: dict[str, str]  # name -> version, as dpkg-query read them back from the image
 
 
 def _base_tag(tc: Toolchain) -> str:
@@ -49,12 +54,15 @@ def _base_tag(tc: Toolchain) -> str:
 
 def _render_dockerfile(tc: Toolchain) -> str:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
-    return env.get_template("Dockerfile.j2").render(base_image=_base_tag(tc), clang=tc.clang)
+    return env.get_template("Dockerfile.j2").render(base_image=_base_tag(tc), clang=tc.clang,
+                                                    packages=[f"{name}={version}" for name, version in tc.packages])
 
 
 def recipe_hash(tc: Toolchain) -> str:
+    """The toolchain's identity: suite, clang major, the exact package versions pinned (which the
+    image is checked to hold) and the files the image is built from."""
     h = hashlib.sha256()
-    h.update(json.dumps({"suite": tc.suite, "clang": tc.clang}, sort_keys=True).encode())
+    h.update(json.dumps({"suite": tc.suite, "clang": tc.clang, "packages": tc.packages}, sort_keys=True).encode())
     h.update(_render_dockerfile(tc).encode())
     h.update((TEMPLATES / _COMPILE_SCRIPT).read_bytes())
     return h.hexdigest()[:16]
@@ -92,43 +100,73 @@ def _ensure_base(client: docker.DockerClient, tc: Toolchain) -> None:
         client.api.import_image_from_file(str(tarball), repository=repo, tag=tag)
 
 
-def _probe_image(client: docker.DockerClient, tag: str, scratch: Path) -> str:
-    """Check that a freshly built image can compile (clang, llc and bpftool answer) and return
-    clang's version line; the answers come back through a mounted directory, not the log."""
+def _probe_image(client: docker.DockerClient, tc: Toolchain, tag: str, scratch: Path) -> tuple[str, dict[str, str]]:
+    """Check that a freshly built image can compile (clang, llc and bpftool answer) and holds
+    exactly the pinned packages; clang's version line and the installed versions. The answers
+    come back through a mounted directory, not the log."""
     out = make_scratch(scratch, "probe")
+    names = " ".join(name for name, _ in tc.packages)
     try:
         status = containers.run_to_dir(
-            client, tag, "{ clang --version && llc --version && bpftool version; } > /out/versions 2> /out/stderr",
+            client, tag, "{ clang --version && llc --version && bpftool version; } > /out/versions 2> /out/stderr && "
+                         f"dpkg-query -W -f '${{Package}}=${{Version}}\\n' {names} > /out/packages 2>> /out/stderr",
             {}, out)
         versions = (out / "versions").read_text() if (out / "versions").exists() else ""
         if status != 0 or not versions.startswith(("Debian clang", "clang")):
             stderr = (out / "stderr").read_text(errors="replace").strip() if (out / "stderr").exists() else ""
             raise ToolchainError(f"toolchain image {tag} cannot compile (exit {status}): {stderr[-500:]}")
-        return versions.splitlines()[0].strip()
+        installed = dict(line.split("=", 1) for line in (out / "packages").read_text().splitlines() if "=" in line)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+    wrong = [f"{name} {installed.get(name, 'missing')} (pinned {version})" for name, version in tc.packages
+             if installed.get(name) != version]
+    if wrong:
+        raise ToolchainError(f"toolchain image {tag} does not hold the pinned packages: {', '.join(wrong)}")
+    return versions.splitlines()[0].strip(), installed
 
 
-def _build_image(client: docker.DockerClient, tc: Toolchain, tag: str) -> None:
+def check_pins_served(tc: Toolchain, cache_dir: Path) -> None:
+    """Before an image is built: every pinned version must still be served by the toolchain suite.
+    Debian replaces a package in a suite at each point release, and an image built then would
+    hold another compiler under the same pins: the build stops and names the drift instead."""
+    apt = PrivateApt(cache_dir / "apt-toolchain", [tc.suite], [_HOST_DEB_ARCH])
+    drift = []
+    for name, version in tc.packages:
+        served = sorted({v for _, v, suite in apt.madison(name, _HOST_DEB_ARCH) if suite == tc.suite})
+        if version not in served:
+            drift.append(f"{name} pinned {version}, {tc.suite} serves {', '.join(served) or 'no version'}")
+    if drift:
+        raise ToolchainError("the toolchain pins are no longer served: " + "; ".join(drift)
+                             + ". Refresh them with `invoke kernels.discover --toolchain --write kernels.yaml` "
+                               "(objects will then be rebuilt with the new compiler)")
+
+
+def _build_image(client: docker.DockerClient, tc: Toolchain, tag: str, cache_dir: Path, from_scratch: bool) -> None:
+    check_pins_served(tc, cache_dir)
     _ensure_base(client, tc)
     log.info("building toolchain image %s (clang-%s)", tag, tc.clang)
     with tempfile.TemporaryDirectory(prefix="hids-toolchain-") as ctx:
         (Path(ctx) / "Dockerfile").write_text(_render_dockerfile(tc))
         shutil.copy(TEMPLATES / _COMPILE_SCRIPT, Path(ctx) / _COMPILE_SCRIPT)
         try:
-            client.images.build(path=ctx, tag=tag, rm=True, forcerm=True)
+            client.images.build(path=ctx, tag=tag, rm=True, forcerm=True, nocache=from_scratch)
         except docker.errors.BuildError as exc:
             tail = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)[-2000:]
             raise ToolchainError(f"toolchain image build failed: {exc.msg}\n{tail}") from None
 
 
-def ensure_image(client: docker.DockerClient, tc: Toolchain, state_dir: Path) -> ToolchainImage:
-    """Return the toolchain image for this recipe, building it (and its base) if absent.
+def ensure_image(client: docker.DockerClient, tc: Toolchain, cache_dir: Path, rebuild: bool = False) -> ToolchainImage:
+    """Return the toolchain image for this recipe, building it (and its base) if absent, or anew
+    without docker's layer cache when `rebuild` is set.
 
-    An image is recorded (id and clang version) only after a probe shows it compiles, and the
-    record is checked against the tag's image id on every use: an image replaced under the same
-    tag is rebuilt from the recipe, not trusted.
+    An image is recorded (id, clang version, installed packages) only after a probe shows it
+    compiles and holds exactly the pinned packages, and the record is checked against the tag's
+    image id on every use: an image replaced under the same tag is rebuilt, not trusted.
     """
+    if not tc.packages:
+        raise ToolchainError("kernels.yaml's toolchain has no `packages:` pins; add them with "
+                             "`invoke kernels.discover --toolchain --write kernels.yaml`")
+    state_dir = cache_dir / "state"
     recipe = recipe_hash(tc)
     tag = f"hids-toolchain:{recipe}"
     meta_path = state_dir / f"toolchain-{recipe}.json"
@@ -140,14 +178,13 @@ def ensure_image(client: docker.DockerClient, tc: Toolchain, state_dir: Path) ->
     recorded = json.loads(meta) if meta else None
     if image_id is not None and recorded is not None and recorded.get("image_id") != image_id:
         console.print(f"[yellow]toolchain image {tag} is not the one this cache recorded; rebuilding it[/]")
-        client.images.remove(tag, force=True)
         image_id = None
-    if image_id is None:
-        _build_image(client, tc, tag)
+    if image_id is None or rebuild:
+        _build_image(client, tc, tag, cache_dir, from_scratch=rebuild)
         image_id = client.images.get(tag).id
         recorded = None
-    if recorded is None:
-        clang = _probe_image(client, tag, state_dir / "tmp")
-        recorded = {"clang": clang, "tag": tag, "image_id": image_id}
+    if recorded is None or "packages" not in recorded:
+        clang, installed = _probe_image(client, tc, tag, state_dir / "tmp")
+        recorded = {"clang": clang, "tag": tag, "image_id": image_id, "packages": installed}
         write_checked(meta_path, json.dumps(recorded, sort_keys=True).encode())
-    return ToolchainImage(tag, recipe, recorded["clang"])
+    return ToolchainImage(tag, recipe, recorded["clang"], recorded["packages"])
