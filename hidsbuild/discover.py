@@ -3,7 +3,7 @@
 It reads each suite's signed Packages index directly (see archive_index) and keeps only real
 kernel builds. A real headers package is `linux-headers-<release>` whose release carries a
 patch level or ABI (6.1.0-50-cloud-amd64, 6.12.117+deb13-cloud-arm64) and which depends on
-its own `linux-headers-<abi>-common`; the metapackages (linux-headers-cloud-arm64,
+its own `linux-headers-<abi>-common[-rt]`; the metapackages (linux-headers-cloud-arm64,
 linux-headers-6.12-cloud-arm64) have neither: they only depend on a real one.
 """
 
@@ -54,8 +54,9 @@ def _real_release(paragraph: Packages) -> str | None:
     parts = release_parts(paragraph["Package"].removeprefix("linux-headers-"))
     if parts is None or not _PATCH_LEVEL.fullmatch(parts[0]):
         return None
-    depends = {alt["name"] for group in paragraph.relations["depends"] for alt in group}
-    return paragraph["Package"].removeprefix("linux-headers-") if f"linux-headers-{parts[0]}-common" in depends else None
+    common = f"linux-headers-{parts[0]}-common"  # -common-rt for the rt flavour
+    depends = (alt["name"] for group in paragraph.relations["depends"] for alt in group)
+    return paragraph["Package"].removeprefix("linux-headers-") if any(d.startswith(common) for d in depends) else None
 
 
 def kernels_in(index: bytes, suite: str, deb_arch: str, flavour: str = "cloud") -> list[Served]:
