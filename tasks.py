@@ -156,12 +156,12 @@ def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None
         "runs": "runs per figure; medians are reported (default: 3)",
         "calls": "in-process select() calls (default: 1000)",
         "scaling": "kernel counts for the scaling figure, comma-separated (default: 1,2,4,8)",
-        "only": "comma-separated sections to run: build, wheel, loader (default: all)",
+        "only": "comma-separated sections to run: build, wheel, loader, discover (default: all)",
     }
 )
 @_reported
 def bench(c, matrix=str(DEFAULT_MATRIX), cache_dir=str(DEFAULT_CACHE), dist=str(DEFAULT_DIST), runs=3, calls=1000,
-          scaling="1,2,4,8", only="build,wheel,loader"):
+          scaling="1,2,4,8", only="build,wheel,loader,discover"):
     """Measure build throughput, caching, wheel size and loader latency; print figures and write dist/bench.json."""
     from hidsbuild.bench import run_bench
 

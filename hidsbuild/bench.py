@@ -197,6 +197,21 @@ def bench_loader(wheel_dir: Path, work: Path, calls: int) -> list[Figure]:
     return figures
 
 
+def bench_discover(runs: int) -> list[Figure]:
+    """kernels.discover over the default suites and both arches: signed indexes fetched and parsed."""
+    from .discover import DEFAULT_SUITES, discover
+    from .kernels import ARCHES
+
+    times, found = [], 0
+    for run in range(runs):
+        with step(f"kernels.discover {run + 1}/{runs}"):
+            start = time.perf_counter()
+            found = len(discover(DEFAULT_SUITES, list(ARCHES)))
+            times.append(time.perf_counter() - start)
+    return [Figure(f"kernels.discover ({len(DEFAULT_SUITES)} suites x {len(ARCHES)} arches)", _median(times), "s",
+                   "< 20 s", _median(times) < 20.0, {"kernels": found, "runs": runs, "min_s": min(times)})]
+
+
 def render(figures: list[Figure]) -> Table:
     table = Table(title=f"invoke bench on {platform.node()} ({os.cpu_count()} cores, {platform.machine()})")
     for col in ("figure", "value", "target", "", "detail"):
@@ -218,6 +233,7 @@ def run_bench(matrix_path: Path, cache_dir: Path, dist: Path, runs: int, calls: 
             ("build", lambda: bench_build(matrix_path, cache_dir, work, runs, scaling)),
             ("wheel", lambda: bench_wheel(work / "cold-0", work)),
             ("loader", lambda: bench_loader(work / "dist", work, calls)),
+            ("discover", lambda: bench_discover(runs)),
         ]
         for name, part in parts:
             if name in sections:
