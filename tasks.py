@@ -120,8 +120,10 @@ def bundle(c, build_dir=str(DEFAULT_BUILD), dist=str(DEFAULT_DIST), merge=None):
 @_reported
 def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None, prune=False):
     """List the kernel releases Debian's archive serves now (signed Packages indexes), or refresh a kernels.yaml."""
+    import re
+
     from hidsbuild import discover as crawler
-    from hidsbuild.kernels import ARCHES
+    from hidsbuild.kernels import ARCHES, load_matrix
 
     arches = list(arch or ARCHES)
     unknown = [a for a in arches if a not in ARCHES]
@@ -130,6 +132,12 @@ def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None
     if prune and not write:
         raise Exit("error: --prune needs --write FILE", code=2)
     suites = list(suite or crawler.DEFAULT_SUITES)
+    bad = [s for s in suites if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", s)]
+    if bad or flavour not in ("cloud", "rt", ""):
+        raise Exit(f"error: {bad[0]!r} is not a Debian suite name" if bad else
+                   f"error: unknown flavour {flavour!r} (expected cloud, rt or '')", code=2)
+    if write:
+        load_matrix(Path(write))  # a broken file is reported before the crawl, not after
     served = crawler.discover(suites, arches, flavour)
     candidates = crawler.newest(served) if newest else served
     if not write:
