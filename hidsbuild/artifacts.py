@@ -86,46 +86,54 @@ def _tree_record(root: Path) -> Path:
     return root.with_name(root.name + ".tree.json")
 
 
-def _walk(root: Path) -> dict[str, str]:
-    """relative path -> 'sha256:<hex>' for files, 'link:<target>' for symlinks, 'dir' for directories."""
-    entries: dict[str, str] = {}
+def _walk(root: Path, hashes: bool) -> dict[str, list[object]]:
+    """relative path -> [kind, size, mtime_ns, sha256 or link target]; sha256 only when `hashes`."""
+    entries: dict[str, list[object]] = {}
     for directory, dirs, files in os.walk(root):
         base = Path(directory)
         for name in dirs + files:
             path = base / name
+            st = path.lstat()
             rel = str(path.relative_to(root))
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                entries[rel] = "link:" + os.readlink(path)
-            elif stat.S_ISDIR(mode):
-                entries[rel] = "dir"
-            elif stat.S_ISREG(mode):
-                entries[rel] = "sha256:" + sha256_file(path)
+            if stat.S_ISLNK(st.st_mode):
+                entries[rel] = ["link", 0, 0, os.readlink(path)]
+            elif stat.S_ISDIR(st.st_mode):
+                entries[rel] = ["dir", 0, 0, ""]
+            elif stat.S_ISREG(st.st_mode):
+                entries[rel] = ["file", st.st_size, st.st_mtime_ns, sha256_file(path) if hashes else ""]
             else:
-                entries[rel] = "other"
+                entries[rel] = ["other", 0, 0, ""]
         dirs[:] = [d for d in dirs if not (base / d).is_symlink()]
     return entries
 
 
 def record_tree(tree: Path, final: Path) -> None:
-    """Record every file's hash of a freshly extracted `tree` as the record of `final`, the place it
-    is about to be renamed to (a record without its tree is harmless: the tree counts as missing)."""
-    write_atomic(_tree_record(final), json.dumps(_walk(tree), sort_keys=True).encode())
+    """Record every entry of a freshly extracted `tree` (file contents hashed) as the record of
+    `final`, the place it is about to be renamed to (a record without its tree is harmless: the
+    tree counts as missing)."""
+    write_atomic(_tree_record(final), json.dumps(_walk(tree, hashes=True), sort_keys=True).encode())
 
 
 def tree_intact(root: Path, what: str) -> bool:
-    """True when the tree is exactly as recorded; otherwise it is discarded (with one line) and False."""
+    """True when the tree still has every entry recorded, with the same type, size, mtime and link
+    target, and nothing more; otherwise it is discarded (with one line) and False.
+
+    Contents were hashed at extraction; on use, size and mtime (ns) stand for them: a header tree
+    holds ~10,000 files, hashing them costs ~3 s per kernel on every rebuild, and a cut or
+    edited file changes its size or mtime (only root, who owns the cache, could forge both).
+    """
     if not root.is_dir():
         return False
     try:
-        recorded = json.loads(_tree_record(root).read_text())
-    except (OSError, ValueError):
-        discard(root, what, "no record of its files")
+        recorded = {rel: entry[:3] + ([entry[3]] if entry[0] == "link" else [""])
+                    for rel, entry in json.loads(_tree_record(root).read_text()).items()}
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        discard(root, what, "no readable record of its files")
         return False
-    actual = _walk(root)
+    actual = _walk(root, hashes=False)
     if actual != recorded:
-        changed = sorted(set(actual.items()) ^ set(recorded.items()))
+        changed = sorted(set(actual) ^ set(recorded)) or sorted(r for r in actual if actual[r] != recorded[r])
         discard(root, what, f"{len(changed)} entr{'y' if len(changed) == 1 else 'ies'} differ from the record, "
-                            f"first {changed[0][0]}")
+                            f"first {changed[0]}")
         return False
     return True
