@@ -242,7 +242,7 @@ def _prepare_inputs(client: Any, image: ToolchainImage, matrix: Matrix, opts: Bu
             apt = PrivateApt(opts.cache_dir / "apt", [k.suite for k in need], [k.deb_arch for k in need])
             HeadersCache(opts.cache_dir / "headers", apt).fetch(need)
             for kernel in need:
-                console.print(f"  {kernel.release}: {', '.join(kernel.headers)} {kernel.version}")
+                console.print(f"  {kernel.release}: {', '.join(kernel.headers)} {kernel.version}", soft_wrap=True)
     planner.forget()
     for arch in dump_arches:
         target = next(c for c in matrix.core if c.arch == arch)
