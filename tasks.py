@@ -114,16 +114,22 @@ def bundle(c, build_dir=str(DEFAULT_BUILD), dist=str(DEFAULT_DIST), merge=None):
         "newest": "only the newest kernel of each suite and arch",
         "write": "refresh this kernels.yaml in place: new kernels added, versions updated, comments kept",
         "prune": "with --write: also remove the kernels the archive no longer serves (default: only report them)",
+        "toolchain": "instead of kernels: the versions the toolchain suite serves of kernels.yaml's pinned "
+                     "toolchain.packages; with --write, refresh those pins in place",
     },
     iterable=["suite", "arch"],
 )
 @_reported
-def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None, prune=False):
+def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None, prune=False, toolchain=False):
     """List the kernel releases Debian's archive serves now (signed Packages indexes), or refresh a kernels.yaml."""
     import re
 
     from hidsbuild import discover as crawler
     from hidsbuild.kernels import ARCHES, load_matrix
+
+    if toolchain:
+        _discover_toolchain(Path(write) if write else DEFAULT_MATRIX, bool(write))
+        return
 
     arches = list(arch or ARCHES)
     unknown = [a for a in arches if a not in ARCHES]
@@ -154,6 +160,28 @@ def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None
         print(f"vanished {label} ({state})")
     if not (report.added or report.updated or report.pruned):
         print(f"{write}: up to date")
+
+
+def _discover_toolchain(matrix: Path, write: bool) -> None:
+    import platform
+
+    from hidsbuild import discover as crawler
+    from hidsbuild.kernels import ARCHES, load_matrix
+
+    tc = load_matrix(matrix).toolchain
+    if not tc.packages:
+        raise Exit(f"error: {matrix}: toolchain has no `packages:` to refresh; list the packages to pin there", code=2)
+    served = crawler.served_toolchain(tc, ARCHES[platform.machine()][0])
+    if not write:
+        print("  packages:")
+        for name, _ in tc.packages:
+            print(f'    {name}: "{served[name]}"' if name in served else f"    # {name}: not served by {tc.suite}")
+        return
+    changes = crawler.write_toolchain_pins(matrix, served)
+    for name, old, new in changes:
+        print(f"updated  {name}: {old} -> {new}")
+    print(f"{matrix}: toolchain pins up to date" if not changes else
+          f"{matrix}: {len(changes)} pin(s) refreshed; the next build makes a new image and rebuilds every object")
 
 
 @task(

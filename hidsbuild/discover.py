@@ -25,10 +25,10 @@ from debian.debian_support import Version
 from .apt import Mirrors, host_mirrors
 from .archive_index import KEYRINGS, packages_index, packages_paragraphs, verified_release
 from .errors import ConfigError
-from .kernels import ARCHES, load_matrix, release_parts
+from .kernels import ARCHES, Toolchain, load_matrix, release_parts
 
 __all__ = ["DEFAULT_SUITES", "Served", "WriteReport", "discover", "kernels_in", "newest", "render_yaml",
-           "write_matrix"]
+           "write_matrix", "served_toolchain", "write_toolchain_pins"]
 
 DEFAULT_SUITES = ("bullseye", "bullseye-security", "bookworm", "bookworm-security", "bookworm-backports",
                   "trixie", "trixie-security", "sid")
@@ -232,3 +232,44 @@ def _replace_checked(path: Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def served_toolchain(tc: Toolchain, deb_arch: str, mirrors: Mirrors | None = None,
+                     keyrings: tuple[Path, ...] = KEYRINGS) -> dict[str, str]:
+    """package -> the newest version the toolchain's suite serves for deb_arch, for every pinned
+    package (absent when the suite serves it no more)."""
+    mirrors = mirrors or host_mirrors()
+    release = verified_release(mirrors.for_suite(tc.suite), tc.suite, keyrings)
+    names = {name for name, _ in tc.packages}
+    served: dict[str, str] = {}
+    for paragraph in packages_paragraphs(packages_index(release, deb_arch), tuple(sorted(names))):
+        name, version = paragraph["Package"], paragraph["Version"]
+        if name in names and (name not in served or Version(version) > Version(served[name])):
+            served[name] = version
+    return served
+
+
+def write_toolchain_pins(path: Path, served: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Set each `toolchain.packages` pin of the kernels.yaml at `path` to the served version by
+    editing its text (comments stay); (package, old, new) of each change. A package the suite no
+    longer serves is an error: its pin cannot be refreshed, only removed by hand."""
+    text = path.read_text(encoding="utf-8")
+    root = yaml.compose(text)
+    toolchain = next(v for k, v in root.value if k.value == "toolchain")
+    packages = next(v for k, v in toolchain.value if k.value == "packages")
+    lines = text.splitlines(keepends=True)
+    changes = []
+    for key, value in packages.value:
+        new = served.get(key.value)
+        if new is None:
+            raise ConfigError(str(path), key.start_mark.line + 1, f"toolchain.packages.{key.value}",
+                              "no longer served by the toolchain suite: remove or replace it by hand")
+        if new == value.value:
+            continue
+        line = lines[value.start_mark.line]
+        start, end = value.start_mark.column, value.end_mark.column
+        lines[value.start_mark.line] = f'{line[:start]}"{new}"{line[end:]}'
+        changes.append((key.value, value.value, new))
+    if changes:
+        _replace_checked(path, "".join(lines))
+    return changes

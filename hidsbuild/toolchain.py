@@ -24,7 +24,7 @@ import docker.errors
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from . import containers
-from .apt import PrivateApt, host_mirrors
+from .apt import host_mirrors
 from .artifacts import read_checked, write_checked
 from .errors import ToolchainError
 from .kernels import Toolchain
@@ -125,24 +125,23 @@ def _probe_image(client: docker.DockerClient, tc: Toolchain, tag: str, scratch: 
     return versions.splitlines()[0].strip(), installed
 
 
-def check_pins_served(tc: Toolchain, cache_dir: Path) -> None:
+def check_pins_served(tc: Toolchain) -> None:
     """Before an image is built: every pinned version must still be served by the toolchain suite.
     Debian replaces a package in a suite at each point release, and an image built then would
     hold another compiler under the same pins: the build stops and names the drift instead."""
-    apt = PrivateApt(cache_dir / "apt-toolchain", [tc.suite], [_HOST_DEB_ARCH])
-    drift = []
-    for name, version in tc.packages:
-        served = sorted({v for _, v, suite in apt.madison(name, _HOST_DEB_ARCH) if suite == tc.suite})
-        if version not in served:
-            drift.append(f"{name} pinned {version}, {tc.suite} serves {', '.join(served) or 'no version'}")
+    from .discover import served_toolchain  # the archive's signed index, read only when an image is built
+
+    served = served_toolchain(tc, _HOST_DEB_ARCH)
+    drift = [f"{name} pinned {version}, {tc.suite} serves {served.get(name, 'no version')}"
+             for name, version in tc.packages if served.get(name) != version]
     if drift:
         raise ToolchainError("the toolchain pins are no longer served: " + "; ".join(drift)
                              + ". Refresh them with `invoke kernels.discover --toolchain --write kernels.yaml` "
                                "(objects will then be rebuilt with the new compiler)")
 
 
-def _build_image(client: docker.DockerClient, tc: Toolchain, tag: str, cache_dir: Path, from_scratch: bool) -> None:
-    check_pins_served(tc, cache_dir)
+def _build_image(client: docker.DockerClient, tc: Toolchain, tag: str, from_scratch: bool) -> None:
+    check_pins_served(tc)
     _ensure_base(client, tc)
     log.info("building toolchain image %s (clang-%s)", tag, tc.clang)
     with tempfile.TemporaryDirectory(prefix="hids-toolchain-") as ctx:
@@ -180,7 +179,7 @@ def ensure_image(client: docker.DockerClient, tc: Toolchain, cache_dir: Path, re
         console.print(f"[yellow]toolchain image {tag} is not the one this cache recorded; rebuilding it[/]")
         image_id = None
     if image_id is None or rebuild:
-        _build_image(client, tc, tag, cache_dir, from_scratch=rebuild)
+        _build_image(client, tc, tag, from_scratch=rebuild)
         image_id = client.images.get(tag).id
         recorded = None
     if recorded is None or "packages" not in recorded:

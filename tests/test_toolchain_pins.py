@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import docker
 import pytest
 
-from conftest import TEST_PROJECT, copy_project, fresh_cache, run_build
+from conftest import ROOT, TEST_PROJECT, copy_project, fresh_cache, run_build
 from hidsbuild.errors import ConfigError
 from hidsbuild.kernels import load_matrix
 from hidsbuild.toolchain import _render_dockerfile, recipe_hash
@@ -68,3 +70,14 @@ def test_image_rebuilt_from_scratch_gives_byte_identical_objects(tmp_path: Path)
     units = [{u["unit"]: u["sha256"] for u in json.loads((tmp_path / d / "index.json").read_text())["units"]}
              for d in ("a", "b")]
     assert units[0] == units[1] and len(units[0]) == 8
+
+
+def test_refreshing_the_pins_is_one_command_that_keeps_the_file(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "p")
+    current = _matrix_text()
+    (project / "kernels.yaml").write_text(current.replace('llvm-19: "1:19.1.7-3~deb12u1"', 'llvm-19: "1:19.1.7-3~deb12u0"'))
+    proc = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "kernels.discover", "--toolchain",
+                           "--write", str(project / "kernels.yaml")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "updated  llvm-19: 1:19.1.7-3~deb12u0 -> 1:19.1.7-3~deb12u1" in proc.stdout
+    assert (project / "kernels.yaml").read_text() == current  # comments and every other line kept
