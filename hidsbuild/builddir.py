@@ -2,7 +2,7 @@
 
 A build (or shard) directory is trusted only after each object and stitched source the index
 names is present with the size and sha256 the index records, and nothing else lies in
-objects/ or sources/. Joining shards keeps one entry per unit; two shards that disagree about
+objects/ or sources/. The index's `inputs` (for provenance) are carried along. Joining shards keeps one entry per unit; two shards that disagree about
 a unit are refused, so a merged bundle always equals the one-shot bundle of the same matrix.
 """
 
@@ -30,6 +30,7 @@ class BuildDir:
     path: Path
     entries: dict[str, dict[str, Any]]  # unit id -> manifest entry
     files: dict[str, bytes]  # "objects/<sha>.o" / "sources/<name>.c" -> checked contents
+    inputs: dict[str, Any] | None  # index.json's "inputs" (provenance); None from builds that predate it
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Bundle:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     origin: dict[str, Path] = field(default_factory=dict)  # unit id -> the build dir it came from
+    inputs: dict[str, Any] | None = None  # every shard's inputs, joined
 
     def arches(self) -> list[str]:
         return sorted({e["kernel"]["arch"] for e in self.entries.values()})
@@ -125,7 +127,46 @@ def read_build_dir(path: Path) -> BuildDir:
         for stray in sorted((path / sub).glob("*")) if (path / sub).is_dir() else []:
             if f"{sub}/{stray.name}" not in files:
                 raise BundleError(f"{stray}: not named by {index_path}; the index does not match the files")
-    return BuildDir(path, entries, files)
+    inputs = index.get("inputs")
+    if inputs is not None and not _inputs_shaped(inputs):
+        raise BundleError(f"{index_path}: inputs must hold matrix, toolchain, headers and sources")
+    return BuildDir(path, entries, files, inputs)
+
+
+def _inputs_shaped(inputs: Any) -> bool:
+    return (isinstance(inputs, dict) and isinstance(inputs.get("matrix"), dict)
+            and isinstance(inputs.get("toolchain"), dict) and isinstance(inputs.get("headers"), list)
+            and all(isinstance(h, dict) and {"name", "version", "arch"} <= h.keys() for h in inputs["headers"])
+            and isinstance(inputs.get("sources"), dict))
+
+
+def _join_inputs(builds: list[BuildDir]) -> dict[str, Any] | None:
+    """Shards of one matrix share its hash, toolchain and stitched sources; their headers are
+    united. Mixing shards with and without inputs would give a provenance that misses some."""
+    known = [b for b in builds if b.inputs is not None]
+    if not known:
+        return None
+    if len(known) != len(builds):
+        lacking = next(b for b in builds if b.inputs is None)
+        raise BundleError(f"{lacking.path / 'index.json'}: records no inputs, unlike {known[0].path}; "
+                          "rebuild it so the provenance names every input")
+    first = known[0]
+    headers: dict[tuple[str, str, str], dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for build in known:
+        inputs = build.inputs or {}
+        for key in ("matrix", "toolchain"):
+            if inputs[key] != (first.inputs or {})[key]:
+                raise BundleError(f"{build.path} and {first.path} were built from different {key}s")
+        for h in inputs["headers"]:
+            if headers.setdefault((h["name"], h["version"], h["arch"]), h) != h:
+                raise BundleError(f"{build.path}: header package {h['name']}={h['version']} recorded differently "
+                                  f"in another shard")
+        for program, sha in inputs["sources"].items():
+            if sources.setdefault(program, sha) != sha:
+                raise BundleError(f"{build.path}: stitched source of {program} differs from another shard's")
+    return {**(first.inputs or {}), "headers": [headers[k] for k in sorted(headers)],
+            "sources": dict(sorted(sources.items()))}
 
 
 def join(builds: list[BuildDir]) -> Bundle:
@@ -146,4 +187,5 @@ def join(builds: list[BuildDir]) -> Bundle:
                 raise BundleError(f"{build.path / rel}: differs from the file of the same name in another shard")
     if not bundle.entries:
         raise BundleError("nothing to bundle: " + ", ".join(str(b.path) for b in builds) + " hold no units")
+    bundle.inputs = _join_inputs(builds)
     return bundle

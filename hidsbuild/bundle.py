@@ -2,14 +2,16 @@
 
 Each wheel holds `hids_bytecode/` from loader/, plus `hids_bytecode/data/` with the manifest
 of that arch's units, their objects stored once by content and the stitched sources they were
-compiled from (docs/DESIGN.md, "Wheel"). The same build directories, or the shards of the same
-matrix merged, always give the same bytes. Wheels of earlier bundles for the same platform are
+compiled from (docs/DESIGN.md, "Wheel"), the provenance of those objects, and, given the fleet's
+build key, the manifest's signature (docs/SIGNING.md). The same build directories, or the shards
+of the same matrix merged, with the same key, always give the same bytes. Wheels of earlier bundles for the same platform are
 replaced, so dist/ holds one installable set.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import tomllib
 from collections import defaultdict
@@ -22,7 +24,9 @@ from rich.table import Table
 
 from .builddir import Bundle, join, read_build_dir
 from .errors import BundleError
+from .provenance import git_state, statement, statement_bytes
 from .report import console, step
+from .signing import KEY_ENV, SigningKey, load_signing_key
 from .versioning import VERSION, source_hash, wheel_version
 from .wheel import wheel_bytes, write_wheel
 
@@ -34,6 +38,8 @@ PACKAGE = "hids_bytecode"
 _TEMPLATES = ROOT / "templates"
 # No compiled extension, but the objects are arch-specific: see docs/DESIGN.md, "Platform tag".
 _MANYLINUX = "manylinux_2_17"
+_MANIFEST = f"{PACKAGE}/data/manifest.json"
+_PROVENANCE = "provenance.json"  # beside the manifest, which names it with its sha256
 
 
 def platform_tag(arch: str) -> str:
@@ -45,9 +51,14 @@ def _project(loader: Path) -> dict[str, Any]:
     path = loader / "pyproject.toml"
     try:
         project = tomllib.loads(path.read_text())["project"]
+        readme = project["readme"]
         return {"name": project["name"], "summary": project["description"],
-                "requires_python": project["requires-python"], "scripts": sorted(project["scripts"].items())}
-    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+                "requires_python": project["requires-python"], "scripts": sorted(project["scripts"].items()),
+                "license": project["license"], "urls": sorted(project["urls"].items()),
+                "classifiers": project.get("classifiers", []),
+                "description": (loader / readme).read_text(),
+                "license_files": {name: (loader / name).read_bytes() for name in project["license-files"]}}
+    except (OSError, tomllib.TOMLDecodeError, KeyError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: cannot read the distribution metadata ({exc})") from None
 
 
@@ -71,14 +82,22 @@ def _render(env: Environment, template: str, **values: Any) -> bytes:
 
 
 def _wheel_files(bundle: Bundle, arch: str, loader_files: dict[str, bytes], project: dict[str, Any],
-                 version: str, identity: str, dist_info: str) -> dict[str, bytes]:
+                 version: str, identity: str, dist_info: str, git: dict[str, Any],
+                 key: SigningKey | None) -> dict[str, bytes]:
     entries = bundle.for_arch(arch)
-    manifest = {"schema": 1, "version": version, "source_hash": identity, "arch": arch, "objects": entries}
     files = dict(loader_files)
-    files[f"{PACKAGE}/data/manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     for entry in entries:
         for rel in (entry["object"], entry["source"]["path"]):
             files[f"{PACKAGE}/data/{rel}"] = bundle.files[rel]
+    provenance = statement_bytes(statement(arch, entries, files, bundle.inputs, git, _source_url(project)))
+    files[f"{PACKAGE}/data/{_PROVENANCE}"] = provenance
+    manifest = {"schema": 1, "version": version, "source_hash": identity, "arch": arch, "objects": entries,
+                "provenance": {"path": _PROVENANCE, "sha256": hashlib.sha256(provenance).hexdigest()}}
+    files[_MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    if key is not None:
+        files[f"{_MANIFEST}.sig"] = key.sign(files[_MANIFEST])
+    for name, text in project["license_files"].items():
+        files[f"{dist_info}/licenses/{name}"] = text
     env = Environment(loader=FileSystemLoader(_TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
     files[f"{dist_info}/METADATA"] = _render(env, "METADATA.j2", version=version, **project)
     files[f"{dist_info}/WHEEL"] = _render(env, "WHEEL.j2", generator_version=VERSION, tag=platform_tag(arch))
@@ -86,9 +105,24 @@ def _wheel_files(bundle: Bundle, arch: str, loader_files: dict[str, bytes], proj
     return files
 
 
-def _size_table(name: str, entries: list[dict[str, Any]], wheel_size: int) -> Table:
-    """Per program: units, distinct objects, their sizes summed per unit and once each; then the wheel."""
-    table = Table(title=name)
+def _source_url(project: dict[str, Any]) -> str:
+    urls = dict(project["urls"])
+    if "Source" not in urls:
+        raise BundleError("loader/pyproject.toml: [project.urls] needs Source (the provenance names it)")
+    return urls["Source"]
+
+
+def _signed_by(key: SigningKey | None) -> str:
+    if key is None:
+        return (f"UNSIGNED: no --sign-key or {KEY_ENV} given; hosts that trust a build key "
+                "refuse this wheel")
+    return f"signed by {key.fingerprint[:16]}... ({key.path.name})"
+
+
+def _size_table(name: str, entries: list[dict[str, Any]], wheel_size: int, signed_by: str) -> Table:
+    """Per program: units, distinct objects, their sizes summed per unit and once each; then the
+    wheel, and whether its manifest is signed."""
+    table = Table(title=name, caption=signed_by)
     for column in ("program", "units", "objects", "raw bytes (per unit)", "stored bytes (deduplicated)"):
         table.add_column(column, justify="left" if column == "program" else "right")
     by_program: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -106,16 +140,20 @@ def _size_table(name: str, entries: list[dict[str, Any]], wheel_size: int) -> Ta
     return table
 
 
-def bundle_wheels(sources: list[Path], dist: Path, loader: Path = LOADER) -> list[Path]:
-    """Check and join the build directories, then write one wheel per arch into `dist`.
+def bundle_wheels(sources: list[Path], dist: Path, loader: Path = LOADER, sign_key: Path | None = None) -> list[Path]:
+    """Check and join the build directories, then write one wheel per arch into `dist`, each
+    manifest signed with the Ed25519 key at `sign_key` if given (else unsigned, and said so).
 
     Every check runs before the first byte is written; a failure leaves dist/ as it was.
     """
+    key = load_signing_key(sign_key) if sign_key is not None else None
     with step(f"check {len(sources)} build dir(s)"):
         bundle = join([read_build_dir(s) for s in sources])
     project = _project(loader)
     loader_files = _loader_files(loader)
-    identity = source_hash(bundle.entries.values(), loader_files)
+    git = git_state(ROOT)
+    identity = source_hash(bundle.entries.values(), loader_files,
+                           {"inputs": bundle.inputs, "git": git, "signer": key.fingerprint if key else None})
     version = wheel_version(identity)
     dist_name = canonicalize_name(project["name"]).replace("-", "_")
     dist_info = f"{dist_name}-{version}.dist-info"
@@ -123,7 +161,7 @@ def bundle_wheels(sources: list[Path], dist: Path, loader: Path = LOADER) -> lis
     wheels: dict[Path, tuple[str, bytes]] = {}
     with step(f"assemble {dist_name} {version} for {', '.join(bundle.arches())}"):
         for arch in bundle.arches():
-            files = _wheel_files(bundle, arch, loader_files, project, version, identity, dist_info)
+            files = _wheel_files(bundle, arch, loader_files, project, version, identity, dist_info, git, key)
             wheels[dist / f"{dist_name}-{version}-{platform_tag(arch)}.whl"] = (arch, wheel_bytes(files, dist_info))
 
     written: list[Path] = []
@@ -140,5 +178,6 @@ def bundle_wheels(sources: list[Path], dist: Path, loader: Path = LOADER) -> lis
             if stale != path:
                 stale.unlink()
                 console.print(f"  replaced {stale.name}")
-        console.print(_size_table(path.name, bundle.for_arch(arch), len(data)))
+        console.print(_size_table(path.name, bundle.for_arch(arch), len(data), _signed_by(key)))
+    console.print(_signed_by(key))
     return list(wheels)

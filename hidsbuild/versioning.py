@@ -18,15 +18,20 @@ VERSION = "0.1.0"
 IDENTITY_HEX = 12
 
 
-def source_hash(entries: Iterable[Mapping[str, Any]], loader_files: Mapping[str, bytes]) -> str:
-    """sha256 over every unit's object and stitched-source hash plus the loader's files.
+def source_hash(entries: Iterable[Mapping[str, Any]], loader_files: Mapping[str, bytes],
+                provenance: Mapping[str, Any] | None = None) -> str:
+    """sha256 over every unit's object and stitched-source hash, the loader's files, and what the
+    provenance and signature add to the wheel (`provenance`: the build's inputs, the git state,
+    the signer's fingerprint).
 
     It spans all arches, so the per-arch wheels of one bundle share a version, as pip expects of
-    one release; the loader is part of it because its code ships in the same wheel.
+    one release; the loader is part of it because its code ships in the same wheel, and so is the
+    provenance: a wheel of another commit or signer holds other bytes, so it gets another version.
     """
     material = {
         "units": sorted([e["unit"], e["sha256"], e["source"]["sha256"]] for e in entries),
         "loader": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(loader_files.items())},
+        "provenance": provenance,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -38,6 +38,7 @@ from .mounts import ensure_bpf_filesystems
 from .pins import PinTree, check_name, locked_tree
 from .runtime_compile import compile_plan
 from .selection import Choice, select
+from .trust import TrustPolicy
 
 __all__ = ["Options", "LoadResult", "choose", "object_for", "load", "unload", "watch"]
 
@@ -49,6 +50,7 @@ class Options:
     runtime_compile: bool = False
     backend: str = "libbpf"  # or "bpftool"
     verbose: bool = False  # copy libbpf's messages to stderr
+    trust: TrustPolicy = TrustPolicy()  # whose signature the manifest needs (docs/SIGNING.md)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class LoadResult:
 
 def choose(program: str, facts: HostFacts | None = None, options: Options = Options(),
            manifest: Manifest | None = None) -> Choice:
-    return select(manifest or load_manifest(), facts or gather(), program, debug=options.debug,
+    return select(manifest or load_manifest(trust=options.trust), facts or gather(), program, debug=options.debug,
                   strict=options.strict, runtime_compile=options.runtime_compile)
 
 

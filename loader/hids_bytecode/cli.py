@@ -1,4 +1,4 @@
-"""`hids-bytecode` (also `python -m hids_bytecode`): select, load, unload, watch, list, verify.
+"""`hids-bytecode` (also `python -m hids_bytecode`): select, load, unload, watch, list, verify, provenance.
 
 Expected failures print one line, `hids-bytecode: <reason>`, and exit with the error's own code
 (errors.py); `--json` output is for agents.
@@ -11,14 +11,16 @@ import json
 import os
 import sys
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 from . import api, interrupts
 from .errors import EXIT_CODES, HidsError, IntegrityError, NotPermitted
 from .hostinfo import gather
 from .integrity import verify_manifest
-from .manifest import DATA_ENV, load_manifest
+from .manifest import DATA_ENV, Manifest, load_manifest, read_provenance
 from .selection import RUNTIME_ENV
+from .trust import DEFAULT_KEYS_DIR, TrustPolicy
 
 __all__ = ["main", "build_parser"]
 
@@ -40,6 +42,12 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hids-bytecode", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="store_true", help="print the manifest's version and source hash")
+    parser.add_argument("--trusted-keys", metavar="DIR", type=_abs_path,
+                        help=f"directory of trusted build keys (*.pub, Ed25519 PEM) instead of {DEFAULT_KEYS_DIR}; "
+                             "it and its path must be root's and writable by no one else. When it holds any key, "
+                             "a manifest without a valid signature by one of them is refused (docs/SIGNING.md)")
+    parser.add_argument("--require-signature", action="store_true",
+                        help="refuse to run when no trusted key is configured, too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("select", help="show which object each program would get on this host",
@@ -86,10 +94,31 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"Data from {DATA_ENV} or the package.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("provenance", help="print the wheel's provenance (in-toto statement, SLSA provenance v1)",
+                       description="Every input of the objects: the project's git commit, the matrix hash, the "
+                                   "toolchain and its Debian package versions, every kernel header package with the "
+                                   "sha256 apt checked, the stitched sources, each unit's compiler arguments. The "
+                                   "manifest's signature covers it (its sha256 is in the manifest).")
+    p.add_argument("--json", action="store_true", help="the statement itself, as JSON")
+
     p = sub.add_parser("verify", help="check every object's sha256 against the manifest",
                        description="Hash every object and shipped source; exits non-zero if any differs.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _abs_path(text: str) -> Path:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path")
+    return Path(text)
+
+
+def _trust(args: argparse.Namespace) -> TrustPolicy:
+    return TrustPolicy(args.trusted_keys or DEFAULT_KEYS_DIR, args.require_signature, args.trusted_keys is not None)
+
+
+def _manifest(args: argparse.Namespace) -> Manifest:
+    return load_manifest(trust=_trust(args))
 
 
 def _pid(text: str) -> int:
@@ -105,16 +134,16 @@ def _print(args: argparse.Namespace, doc: Any, text: str) -> None:
 
 def _options(args: argparse.Namespace, **extra: Any) -> api.Options:
     return api.Options(debug=args.debug, strict=args.strict, runtime_compile=args.runtime_compile,
-                       verbose=args.verbose, **extra)
+                       verbose=args.verbose, trust=_trust(args), **extra)
 
 
 def _programs(args: argparse.Namespace) -> list[str]:
-    return args.programs or load_manifest().programs
+    return args.programs or _manifest(args).programs
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
     facts = gather()
-    manifest = load_manifest()
+    manifest = _manifest(args)
     choices, failures = [], []
     for program in _programs(args):
         try:
@@ -122,12 +151,13 @@ def _cmd_select(args: argparse.Namespace) -> int:
         except HidsError as exc:
             failures.append((program, exc))
     if args.json:
-        doc = {"facts": facts.as_dict(), "choices": [c.as_dict() for c in choices],
+        doc = {"facts": facts.as_dict(), "choices": [c.as_dict() for c in choices], "signature": _verdict(manifest),
                "refused": [{"program": p, "error": type(e).__name__, "reason": str(e),
                             "steps": [s.as_dict() for s in e.steps]} for p, e in failures]}
         print(json.dumps(doc, sort_keys=True))
     else:
         if args.explain:
+            print(f"manifest: {manifest.verdict.describe() if manifest.verdict else 'not checked'}")
             print("facts:")
             for f in facts.facts:
                 print(f"  {f.name:16} {str(f.value):28} from {f.source}")
@@ -181,7 +211,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    manifest = load_manifest()
+    manifest = _manifest(args)
     rows = [{"unit": e.unit, "kind": e.kind, "arch": e.arch, "release": e.release, "sha256": e.sha256,
              "variant": e.raw["variant"]} for e in manifest.entries]
     _print(args, {"version": manifest.version, "source_hash": manifest.source_hash, "objects": rows},
@@ -190,7 +220,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    results = verify_manifest(load_manifest())
+    results = verify_manifest(_manifest(args))
     bad = [r for r in results if not r.ok]
     _print(args, {"checked": len(results), "failed": [{"unit": r.entry.unit, "reason": r.reason} for r in bad]},
            "\n".join([f"FAIL {r.entry.unit}: {r.reason}" for r in bad]
@@ -198,8 +228,33 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return IntegrityError.exit_code if bad else 0
 
 
+def _verdict(manifest: Manifest) -> dict[str, object] | None:
+    return manifest.verdict.as_dict() if manifest.verdict else None
+
+
+def _cmd_provenance(args: argparse.Namespace) -> int:
+    manifest = _manifest(args)
+    doc = read_provenance(manifest)
+    if args.json:
+        print(json.dumps(doc, indent=1, sort_keys=True))
+        return 0
+    pred = doc.get("predicate", {})
+    build = pred.get("buildDefinition", {})
+    print(f"hids-bytecode {manifest.version}: {manifest.verdict.describe() if manifest.verdict else 'not checked'}")
+    print(f"builder  {pred.get('runDetails', {}).get('builder', {}).get('id')}")
+    for dep in build.get("resolvedDependencies", []):
+        digest = ", ".join(f"{k}:{v}" for k, v in sorted(dep.get("digest", {}).items())) or "-"
+        role = dep.get("annotations", {}).get("role", "source tree")
+        extra = "" if "dirty" not in dep.get("annotations", {}) else f" dirty={dep['annotations']['dirty']}"
+        print(f"{role:18} {dep.get('uri') or dep.get('name')} {digest}{extra}")
+    for unit in build.get("externalParameters", {}).get("units", []):
+        print(f"unit {unit['unit']}: {' '.join(unit['cflags']) or '(no extra compiler arguments)'}")
+    print(f"subjects {len(doc.get('subject', []))} files")
+    return 0
+
+
 _COMMANDS = {"select": _cmd_select, "load": _cmd_load, "unload": _cmd_unload, "watch": _cmd_watch,
-             "list": _cmd_list, "verify": _cmd_verify}
+             "list": _cmd_list, "verify": _cmd_verify, "provenance": _cmd_provenance}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.version:
-            manifest = load_manifest()
+            manifest = _manifest(args)
             print(f"hids-bytecode {manifest.version} (source {manifest.source_hash})")
         elif not args.command:
             parser.print_help()

@@ -13,7 +13,7 @@ __all__ = [
     "KallsymsUndecided", "BtfUnavailable", "NoMatch", "IntegrityError", "LibbpfMissing",
     "LoadError", "AttachError", "RuntimeCompileError", "MountError", "NotLoaded", "BpftoolError",
     "NotPermitted", "AlreadyLoaded", "PinTreeError", "InvalidArgument", "Busy", "Interrupted",
-    "HostFactError", "EXIT_CODES",
+    "HostFactError", "SignatureError", "TrustStoreError", "EXIT_CODES",
 ]
 
 
@@ -131,6 +131,20 @@ class HostFactError(HidsError):
     """A host file the facts come from (/etc/os-release, /proc/...) is not readable text."""
 
     exit_code = 30
+
+
+class SignatureError(HidsError):
+    """The manifest carries no valid signature from a trusted key (or none is configured and one is
+    required): the wheel is refused before any object is read."""
+
+    exit_code = 31
+
+
+class TrustStoreError(HidsError):
+    """The trusted-keys directory or a key in it is unsafe (writable by others, a symlink, not
+    root's) or unreadable: refused, never skipped."""
+
+    exit_code = 32
 
 
 EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in HidsError.__subclasses__()}

@@ -1,11 +1,14 @@
 """The wheel's manifest (docs/DESIGN.md, "Wheel") and where the data directory lives.
 
 Installed from the wheel, data sits in the package as `hids_bytecode/data`; the environment
-variable HIDS_BYTECODE_DATA may point elsewhere (tests, unpacked bundles).
+variable HIDS_BYTECODE_DATA may point elsewhere (tests, unpacked bundles). Every command reads the
+manifest here, and here its signature is checked against the trust store (signature.py) on the
+very bytes that are then parsed, before any object is read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -13,10 +16,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
-from .safefs import relative_path_problem
+from .errors import IntegrityError, ManifestError
+from .safefs import Unsafe, open_beneath, read_fd, relative_path_problem
+from .signature import SIGNATURE_NAME, Verdict, check_signature
+from .trust import TrustPolicy
 
-__all__ = ["Entry", "Manifest", "data_dir", "load_manifest", "DATA_ENV"]
+__all__ = ["Entry", "Manifest", "data_dir", "load_manifest", "read_provenance", "DATA_ENV"]
 
 DATA_ENV = "HIDS_BYTECODE_DATA"
 _ENTRY_KEYS = ("unit", "program", "kind", "kernel", "variant", "object", "sha256", "programs", "maps")
@@ -79,6 +84,8 @@ class Manifest:
     version: str
     source_hash: str
     entries: tuple[Entry, ...]
+    verdict: Verdict | None = None  # the signature check it passed
+    provenance: dict[str, Any] | None = None  # {"path", "sha256"} of the provenance statement
 
     @property
     def programs(self) -> list[str]:
@@ -116,15 +123,31 @@ def _entry_problem(raw: dict[str, Any]) -> str | None:
     return None
 
 
-def load_manifest(data: Path | None = None) -> Manifest:
-    """Parse and check manifest.json; any defect is one ManifestError naming the file."""
+def _read(root: Path, name: str) -> bytes | None:
+    """`root/name` through no symlink, None if absent."""
+    try:
+        return read_fd(open_beneath(root, name))
+    except FileNotFoundError:
+        return None
+    except Unsafe as exc:
+        raise ManifestError(f"refused: {exc}") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read {root / name}: {exc.strerror or exc}") from None
+
+
+def load_manifest(data: Path | None = None, trust: TrustPolicy | None = None) -> Manifest:
+    """Check manifest.json's signature under `trust` (default: /etc/hids-bytecode/keys, not
+    required), then parse and check it; a refusal is SignatureError or TrustStoreError, any defect
+    one ManifestError naming the file."""
     root = data or data_dir()
     path = root / "manifest.json"
+    raw = _read(root, "manifest.json")
+    if raw is None:
+        raise ManifestError(f"no manifest at {path} (set {DATA_ENV} or reinstall hids-bytecode)")
+    verdict = check_signature(raw, _read(root, SIGNATURE_NAME), trust or TrustPolicy(), str(path))
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ManifestError(f"no manifest at {path} (set {DATA_ENV} or reinstall hids-bytecode)") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        doc = json.loads(raw.decode())
+    except UnicodeDecodeError as exc:
         raise ManifestError(f"cannot read {path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
@@ -141,4 +164,28 @@ def load_manifest(data: Path | None = None) -> Manifest:
         if problem:
             raise ManifestError(f"{path}: objects[{index}] ({raw['unit']}) {problem}")
         entries.append(Entry(raw, root))
-    return Manifest(path, str(doc.get("version", "unknown")), str(doc.get("source_hash", "unknown")), tuple(entries))
+    provenance = doc.get("provenance")
+    if provenance is not None and (not isinstance(provenance, dict) or not isinstance(provenance.get("sha256"), str)
+                                   or relative_path_problem(provenance.get("path"))):
+        raise ManifestError(f"{path}: provenance must name a relative path and its sha256")
+    return Manifest(path, str(doc.get("version", "unknown")), str(doc.get("source_hash", "unknown")), tuple(entries),
+                    verdict, provenance)
+
+
+def read_provenance(manifest: Manifest) -> dict[str, Any]:
+    """The provenance statement the manifest names, checked against the sha256 it gives (which the
+    signature covers)."""
+    ref = manifest.provenance
+    if ref is None:
+        raise ManifestError(f"{manifest.path}: names no provenance (a wheel bundled before provenance existed)")
+    root = manifest.path.parent
+    data = _read(root, ref["path"])
+    if data is None:
+        raise IntegrityError(f"{root / ref['path']}: missing (the manifest names it)")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != ref["sha256"]:
+        raise IntegrityError(f"{root / ref['path']}: sha256 {actual[:16]}... is not the manifest's {ref['sha256'][:16]}...")
+    try:
+        return json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{root / ref['path']}: not JSON ({exc})") from None

@@ -1,0 +1,97 @@
+"""The trust store: the build keys whose signature a manifest needs (docs/SIGNING.md).
+
+Keys are `*.pub` files (SubjectPublicKeyInfo PEM, Ed25519) in one directory, by default
+/etc/hids-bytecode/keys; a root-run command may name another with `--trusted-keys` (the
+environment never chooses it: docs/THREAT_MODEL.md). The directory and the whole path to it must
+be owned by root (or the loader's euid) and not writable by group or others, reached through no
+symlink (safefs.open_private_dir); each key file must be a regular, singly linked file of the same
+owners that no one else can write. Anything else is refused, never skipped: a key that cannot be
+trusted must not silently turn enforcement off or on. Several keys may be trusted at once (rotation).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TrustStoreError
+from .safefs import Unsafe, open_private_dir, open_private_file, read_fd
+
+__all__ = ["DEFAULT_KEYS_DIR", "TrustPolicy", "TrustedKey", "trusted_keys", "raw_public_key"]
+
+DEFAULT_KEYS_DIR = Path("/etc/hids-bytecode/keys")
+# DER of SubjectPublicKeyInfo { AlgorithmIdentifier { id-Ed25519 (1.3.101.112) }, BIT STRING (32 bytes) }:
+# every Ed25519 public key has exactly this 12-byte prefix (RFC 8410, section 10.1).
+_SPKI_ED25519 = bytes.fromhex("302a300506032b6570032100")
+_MAX_KEY_FILE = 4096
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """Where the keys are and whether having none is fatal. `explicit`: the directory was named by
+    the caller, so its absence is an error; the default directory may simply not exist."""
+
+    keys_dir: Path = DEFAULT_KEYS_DIR
+    require_signature: bool = False
+    explicit: bool = False
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    name: str  # the file name in the keys directory
+    raw: bytes  # the 32-byte Ed25519 public key
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the raw public key, as `invoke keys.generate` prints it."""
+        return hashlib.sha256(self.raw).hexdigest()
+
+
+def raw_public_key(pem: bytes, shown: str) -> bytes:
+    """The 32 raw bytes of an Ed25519 SPKI PEM public key; TrustStoreError otherwise."""
+    lines = pem.decode("ascii", "replace").strip().splitlines()
+    if len(lines) < 3 or lines[0] != "-----BEGIN PUBLIC KEY-----" or lines[-1] != "-----END PUBLIC KEY-----":
+        raise TrustStoreError(f"{shown}: not a PEM public key (-----BEGIN PUBLIC KEY-----)")
+    try:
+        der = base64.b64decode("".join(lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        raise TrustStoreError(f"{shown}: PEM body is not base64") from None
+    if len(der) != len(_SPKI_ED25519) + 32 or not der.startswith(_SPKI_ED25519):
+        raise TrustStoreError(f"{shown}: not an Ed25519 public key")
+    return der[len(_SPKI_ED25519):]
+
+
+def trusted_keys(policy: TrustPolicy) -> list[TrustedKey]:
+    """Every key of the store, sorted by file name; [] when the default directory does not exist."""
+    if not policy.keys_dir.is_absolute():
+        raise TrustStoreError(f"trusted keys directory {policy.keys_dir} must be an absolute path")
+    try:
+        dir_fd = open_private_dir(policy.keys_dir)
+    except FileNotFoundError:
+        if policy.explicit:
+            raise TrustStoreError(f"trusted keys directory {policy.keys_dir} does not exist") from None
+        return []
+    except Unsafe as exc:
+        raise TrustStoreError(f"trusted keys directory refused: {exc}") from None
+    except OSError as exc:
+        raise TrustStoreError(f"trusted keys directory {policy.keys_dir}: {exc.strerror or exc}") from None
+    keys = []
+    try:
+        for name in sorted(n for n in os.listdir(dir_fd) if n.endswith(".pub")):
+            shown = str(policy.keys_dir / name)
+            try:
+                data = read_fd(open_private_file(dir_fd, name, shown))
+            except Unsafe as exc:
+                raise TrustStoreError(f"trusted key refused: {exc}") from None
+            except OSError as exc:
+                raise TrustStoreError(f"{shown}: {exc.strerror or exc}") from None
+            if len(data) > _MAX_KEY_FILE:
+                raise TrustStoreError(f"{shown}: {len(data)} bytes is too large for a public key")
+            keys.append(TrustedKey(name, raw_public_key(data, shown)))
+    finally:
+        os.close(dir_fd)
+    return keys
