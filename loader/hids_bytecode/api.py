@@ -3,6 +3,8 @@
     facts = hostinfo.gather(); choice = choose("file", facts)
     result = load("file")            # select, verify, load, attach, pin
     for event in watch("file"): ...  # decoded events as dicts; this process is the ring's one consumer
+    with stream(["process", "file"], format="ecs") as s:  # several families, one process (stream.py)
+        for event in s: ...
     unload("file")
 
 SIGINT/SIGTERM are held while libbpf runs and during pinning (interrupts.py), then act: a load
@@ -15,7 +17,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import interrupts
 from . import libbpf as lb
@@ -28,19 +30,20 @@ from .attach import (
     write_agent_tgid,
 )
 from .bpftool_backend import load_with_bpftool
-from .btf_layout import schema_from_btf, schema_from_object_file
-from .errors import AlreadyLoaded, InvalidArgument, LoadError, NotLoaded
-from .events import iter_events
+from .errors import AlreadyLoaded, InvalidArgument, LoadError
 from .hostinfo import HostFacts, gather
 from .integrity import read_verified
 from .manifest import Manifest, load_manifest
 from .mounts import ensure_bpf_filesystems
-from .pins import PinTree, check_name, locked_tree
+from .pins import check_name, locked_tree
 from .runtime_compile import compile_plan
 from .selection import Choice, select
 from .trust import TrustPolicy
 
-__all__ = ["Options", "LoadResult", "choose", "object_for", "load", "unload", "watch"]
+if TYPE_CHECKING:  # stream.py is imported when used: `select` starts without it
+    from .stream import Stream
+
+__all__ = ["Options", "LoadResult", "choose", "object_for", "load", "unload", "watch", "stream", "host_facts"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Options:
     runtime_compile: bool = False
     backend: str = "libbpf"  # or "bpftool"
     verbose: bool = False  # copy libbpf's messages to stderr
+    btf: str | None = None  # kernel BTF file for CO-RE when /sys/kernel/btf/vmlinux is absent
     trust: TrustPolicy = TrustPolicy()  # whose signature the manifest needs (docs/SIGNING.md)
 
 
@@ -65,10 +69,19 @@ class LoadResult:
                 "programs": [r.as_dict() for r in self.reports]}
 
 
+def host_facts(options: Options = Options()) -> HostFacts:
+    """This host's facts; with `options.btf`, that file stands in for /sys/kernel/btf/vmlinux."""
+    if options.btf is None:
+        return gather()
+    if not os.path.isfile(options.btf):
+        raise InvalidArgument(f"--btf {options.btf}: not a regular file")
+    return gather(btf_path=Path(options.btf))
+
+
 def choose(program: str, facts: HostFacts | None = None, options: Options = Options(),
            manifest: Manifest | None = None) -> Choice:
-    return select(manifest or load_manifest(trust=options.trust), facts or gather(), program, debug=options.debug,
-                  strict=options.strict, runtime_compile=options.runtime_compile)
+    return select(manifest or load_manifest(trust=options.trust), facts or host_facts(options), program,
+                  debug=options.debug, strict=options.strict, runtime_compile=options.runtime_compile)
 
 
 def object_for(choice: Choice, facts: HostFacts) -> tuple[bytes, Path]:
@@ -100,7 +113,7 @@ def load(program: str, options: Options = Options(), facts: HostFacts | None = N
     docs/PINS.md) or 0: never this process's pid, which dies and can be reused."""
     check_name(program)
     tgid = 0 if agent_pid is None else check_agent_pid(agent_pid)
-    facts = facts or gather()
+    facts = facts or host_facts(options)
     choice = choose(program, facts, options)
     data, _ = object_for(choice, facts)
     ensure_bpf_filesystems()
@@ -134,7 +147,7 @@ def _load_into(staging: Path, data: bytes, choice: Choice, options: Options, tgi
             finally:
                 os.close(fd)
         return reports
-    loaded = open_and_load(lb.get(echo=options.verbose), data, choice.entry.unit)
+    loaded = open_and_load(lb.get(echo=options.verbose), data, choice.entry.unit, options.btf)
     try:
         interrupts.check()
         write_agent_tgid(loaded, tgid)
@@ -159,70 +172,18 @@ def watch(program: str, options: Options = Options(), facts: HostFacts | None = 
     This process becomes the ring's one consumer (Busy names the pid of another) and its tgid is
     the filter's while it reads; closing the iterator clears it."""
     check_name(program)
-    facts = facts or gather()
-    choice = choose(program, facts, options)
-    data, path = object_for(choice, facts)
-    lib = lb.get(echo=options.verbose)
-    ensure_bpf_filesystems()
-    pinned = _open_pinned(lib, program)
-    if pinned is not None:
-        holder, fds = pinned
-        try:
-            schema = schema_from_object_file(lib, path)
-            yield from iter_events(lib, fds["events"], schema, fds.get("counters"))
-        finally:
-            with interrupts.deferred():
-                if "config" in fds:
-                    set_agent_tgid(lib, fds["config"], 0)  # the consumer goes: filter nothing
-                for fd in [*fds.values(), holder]:
-                    os.close(fd)
-        return
-    with interrupts.deferred():
-        loaded = open_and_load(lib, data, choice.entry.unit)
-    try:
-        if "events" not in loaded.maps:
-            raise LoadError(f"{choice.entry.unit} has no `events` map (docs/DESIGN.md)")
-        with interrupts.deferred():
-            schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
-            write_agent_tgid(loaded)  # this process holds the only references: they die with it
-            attach_all(loaded)
-        counters = loaded.map_fd("counters") if "counters" in loaded.maps else None
-        yield from iter_events(lib, loaded.map_fd("events"), schema, counters)
-    finally:
-        with interrupts.deferred():
-            loaded.close()
+    with stream([program], "raw", options, facts) as events:
+        yield from events
 
 
-def _open_pinned(lib: lb.Libbpf, program: str) -> tuple[int, dict[str, int]] | None:
-    """Under the tree's lock: become `program`'s consumer, open its pinned maps and put this
-    process's tgid in `config`. None when it is not loaded."""
-    try:
-        with locked_tree(create=False) as tree, interrupts.deferred():
-            if not tree.loaded(program):
-                return None
-            holder = tree.hold(program)
-            fds: dict[str, int] = {}
-            try:
-                _open_maps(lib, tree, program, fds)
-                if "config" in fds:
-                    set_agent_tgid(lib, fds["config"], os.getpid())
-            except BaseException:
-                for fd in [*fds.values(), holder]:
-                    os.close(fd)
-                raise
-            return holder, fds
-    except NotLoaded:
-        return None
+def stream(programs: list[str] | None = None, format: str = "raw", options: Options = Options(),
+           facts: HostFacts | None = None, window_ms: int = 50, lost_records: bool = True) -> Stream:
+    """Events of several programs (default: every program of the manifest) from this process, as
+    `raw`, `ecs` or `ocsf` dicts, merged in timestamp order within `window_ms` (stream.py).
 
+        with stream(["process", "file"], format="ecs") as s:
+            for event in s: ...          # s.counters(), s.lost, s.sources
+    """
+    from .stream import Stream
+    return Stream(programs, format, options, facts or host_facts(options), window_ms, lost_records)
 
-def _open_maps(lib: lb.Libbpf, tree: PinTree, program: str, fds: dict[str, int]) -> None:
-    maps = tree.path / program / "maps"
-    for name in ("events", "counters", "config"):
-        if not (maps / name).exists():
-            if name == "events":
-                raise LoadError(f"{program} is loaded but has no pinned `events` map under {maps}")
-            continue
-        fd = lib.bpf_obj_get(str(maps / name).encode())
-        if fd < 0:
-            raise LoadError(f"cannot open pinned map {maps / name}: {lib.strerror(fd)}")
-        fds[name] = fd

@@ -95,11 +95,15 @@ def _verifier_reason(collected: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def open_and_load(lib: lb.Libbpf, data: bytes, label: str) -> LoadedObject:
-    """Open the (already hash-checked) bytes from memory and load them into the kernel."""
+def open_and_load(lib: lb.Libbpf, data: bytes, label: str, btf_path: str | None = None) -> LoadedObject:
+    """Open the (already hash-checked) bytes from memory and load them into the kernel; `btf_path`
+    is the kernel BTF CO-RE relocates against instead of /sys/kernel/btf/vmlinux."""
     buf = ctypes.create_string_buffer(data, len(data))
+    opts = None
+    if btf_path:
+        opts = lb.OBJECT_OPEN_OPTS(sz=ctypes.sizeof(lb.OBJECT_OPEN_OPTS), btf_custom_path=btf_path.encode())
     with lb.capture() as collected:
-        obj = lib.bpf_object__open_mem(buf, len(data), None)
+        obj = lib.bpf_object__open_mem(buf, len(data), ctypes.byref(opts) if opts else None)
     if not obj:
         raise LoadError(f"{label}: libbpf cannot open the object: {_last_libbpf_line(collected)}")
     loaded = LoadedObject(lib, obj)

@@ -1,4 +1,4 @@
-"""`hids-bytecode` (also `python -m hids_bytecode`): select, load, unload, watch, list, verify, provenance.
+"""`hids-bytecode` (also `python -m hids_bytecode`): select, load, unload, watch, stats, list, verify, provenance.
 
 Expected failures print one line, `hids-bytecode: <reason>`, and exit with the error's own code
 (errors.py); `--json` output is for agents.
@@ -10,16 +10,15 @@ import argparse
 import json
 import os
 import sys
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from . import api, interrupts
-from .errors import EXIT_CODES, HidsError, IntegrityError, NotPermitted
-from .hostinfo import gather
+from .errors import EXIT_CODES, HidsError, IntegrityError, InvalidArgument, NotPermitted
+from .hostinfo import what_if
 from .integrity import verify_manifest
 from .manifest import DATA_ENV, Manifest, load_manifest, read_provenance
-from .selection import RUNTIME_ENV
+from .selection import RUNTIME_ENV, explain_lines
 from .trust import DEFAULT_KEYS_DIR, TrustPolicy
 
 __all__ = ["main", "build_parser"]
@@ -37,6 +36,10 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
                         f"kernel headers (also {RUNTIME_ENV}=1); cached under /var/cache/hids-bytecode")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--verbose", action="store_true", help="copy libbpf's messages to stderr")
+    p.add_argument("--btf", metavar="PATH",
+                   help="kernel BTF file (e.g. from the kernel's debug or headers package) for CO-RE on hosts "
+                        "without /sys/kernel/btf/vmlinux: selection counts it as the host's BTF and libbpf "
+                        "relocates against it (btf_custom_path)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "else the CO-RE build (host BTF needed), else a runtime compile (opt-in).")
     p.add_argument("programs", nargs="*", help="programs to select (default: all in the manifest)")
     p.add_argument("--explain", action="store_true",
-                   help="print the facts with their sources and why each candidate was taken or skipped")
+                   help="print the facts with their sources and why each candidate was taken or skipped "
+                        "(exact builds for other kernels: one line per release)")
+    p.add_argument("-v", "--detail", action="store_true", help="with --explain: one line per candidate")
+    p.add_argument("--kernel", metavar="RELEASE",
+                   help="what-if: the choice for a host running this `uname -r` instead of this host (a "
+                        "pre-upgrade check); facts a kernel cannot be asked are derived from its version and "
+                        "shown as such")
+    p.add_argument("--arch", choices=("x86_64", "aarch64"), help="with --kernel: that host's `uname -m`")
+    p.add_argument("--version-signature", metavar="TEXT",
+                   help="with --kernel: that host's /proc/version_signature (Ubuntu), which names the upstream "
+                        "version")
     _selection_flags(p)
 
     p = sub.add_parser("load", help="load, attach and pin programs under /sys/fs/bpf/hids/<program>/",
@@ -78,16 +91,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("programs", nargs="*", help="programs to unload (default: all in the manifest)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("watch", help="print a program's events as JSON lines until interrupted",
-                       description="Decode events from the program's `events` map (ring or perf buffer) using the "
-                                   "object's BTF. Uses the pinned maps if the program is loaded, else loads and "
-                                   "attaches it for as long as the command runs. Lost events appear as "
-                                   '{"event": "lost", ...} lines. This process is the ring\'s one consumer (a '
-                                   "second watch is refused, naming the first one's pid) and the kernel drops its "
-                                   "own events until it exits. Ctrl-C exits 130, SIGTERM 143.")
-    p.add_argument("program", help="the program whose events to print")
+    p = sub.add_parser("watch", help="print events of one, several or all programs as JSON lines until interrupted",
+                       description="Decode events from each program's `events` map (ring or perf buffer) using the "
+                                   "object's BTF, all programs in one process. Uses the pinned maps of loaded "
+                                   "programs (this process then holds each one's consumer lock: a second watch of "
+                                   "any of them is refused, naming this one's pid), else loads and attaches them "
+                                   "for as long as the command runs; the kernel drops this process's own events. "
+                                   "Events are merged in kernel-timestamp order within --window-ms; each carries "
+                                   "its wall-clock time, host, container and schema version (docs/EVENTS.md). "
+                                   'Lost events appear as {"event": "lost", ...} lines. A program unloaded and '
+                                   "loaded again is picked up again. Ctrl-C exits 130, SIGTERM 143.")
+    p.add_argument("programs", nargs="*", help="programs whose events to print (default: all in the manifest)")
+    p.add_argument("--format", choices=("raw", "ecs", "ocsf"), default="raw",
+                   help="raw: the decoded event; ecs: Elastic Common Schema 8.x; ocsf: OCSF 1.x (docs/EVENTS.md)")
+    p.add_argument("--window-ms", type=int, default=50, metavar="MS",
+                   help="hold events this long to merge the rings in timestamp order (default 50; 0: no wait)")
     p.add_argument("--count", type=int, default=0, help="stop after this many events (default: run until Ctrl-C)")
     _selection_flags(p)
+
+    p = sub.add_parser("stats", help="print per-type emitted/dropped counters of the loaded programs",
+                       description="Read each loaded program's `counters` map (per event type: sent to user space, "
+                                   "lost to a full buffer; summed over CPUs). --prometheus prints the Prometheus "
+                                   "text exposition format, for node-exporter's textfile collector "
+                                   "(hids-bytecode stats --prometheus > DIR/hids.prom.$$ && mv ...).")
+    p.add_argument("programs", nargs="*", help="programs to report (default: all in the manifest)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
 
     p = sub.add_parser("list", help="list the manifest's objects",
                        description=f"One line per object: unit, kind, arch, sha256. "
@@ -134,7 +164,7 @@ def _print(args: argparse.Namespace, doc: Any, text: str) -> None:
 
 def _options(args: argparse.Namespace, **extra: Any) -> api.Options:
     return api.Options(debug=args.debug, strict=args.strict, runtime_compile=args.runtime_compile,
-                       verbose=args.verbose, trust=_trust(args), **extra)
+                       verbose=args.verbose, trust=_trust(args), btf=args.btf, **extra)
 
 
 def _programs(args: argparse.Namespace) -> list[str]:
@@ -142,7 +172,12 @@ def _programs(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    facts = gather()
+    if (args.arch or args.version_signature) and not args.kernel:
+        raise InvalidArgument("--arch and --version-signature describe a --kernel what-if host")
+    if args.kernel:
+        facts = what_if(args.kernel, args.arch, args.version_signature, Path(args.btf) if args.btf else None)
+    else:
+        facts = api.host_facts(_options(args))
     manifest = _manifest(args)
     choices, failures = [], []
     for program in _programs(args):
@@ -164,22 +199,22 @@ def _cmd_select(args: argparse.Namespace) -> int:
         for c in choices:
             print(f"{c.program}: {c.stage} {c.entry.unit}")
             if args.explain:
-                _print_steps(c.steps)
+                _print_steps(c.steps, args.detail)
         for program, exc in failures:
             print(f"{program}: refused ({type(exc).__name__}): {exc}")
             if args.explain:
-                _print_steps(exc.steps)
+                _print_steps(exc.steps, args.detail)
     return max((e.exit_code for _, e in failures), default=0)
 
 
-def _print_steps(steps: Any) -> None:
-    for s in steps:
-        print(f"    {'TAKE' if s.taken else 'skip'} {s.stage:8} {s.candidate}: {s.reason}")
+def _print_steps(steps: Any, detail: bool) -> None:
+    for line in explain_lines(steps, detail):
+        print(f"    {line}")
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
     with interrupts.as_errors():
-        facts = gather()
+        facts = api.host_facts(_options(args))
         results = [api.load(p, _options(args, backend=args.backend), facts, args.agent_pid) for p in _programs(args)]
         if args.json:
             print(json.dumps([r.as_dict() for r in results], sort_keys=True))
@@ -200,13 +235,29 @@ def _cmd_unload(args: argparse.Namespace) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     seen = 0
-    # Interrupted (exit 130/143) ends the loop; closing() then clears the filter and lets go of the ring.
-    with interrupts.as_errors(), closing(api.watch(args.program, _options(args))) as events:
+    # Interrupted (exit 130/143) ends the loop; the stream's close then clears the filters and lets go
+    # of the rings.
+    with interrupts.as_errors(), api.stream(args.programs or None, args.format, _options(args),
+                                            window_ms=args.window_ms) as events:
         for event in events:
             print(json.dumps(event, sort_keys=True), flush=True)
             seen += 1
             if args.count and seen >= args.count:
                 break
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import collect, prometheus
+    options = api.Options(trust=_trust(args))
+    counts = collect(_programs(args), options, api.host_facts(options))
+    if args.prometheus:
+        sys.stdout.write(prometheus(counts))
+    elif args.json:
+        print(json.dumps(counts, sort_keys=True))
+    else:
+        print("\n".join(f"{p:10} {t:14} emitted {c.get('emitted', 0):>12} dropped {c.get('dropped', 0):>10}"
+                        for p in sorted(counts) for t, c in sorted(counts[p].items())) or "no program is loaded")
     return 0
 
 
@@ -253,7 +304,7 @@ def _cmd_provenance(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"select": _cmd_select, "load": _cmd_load, "unload": _cmd_unload, "watch": _cmd_watch,
+_COMMANDS = {"select": _cmd_select, "load": _cmd_load, "unload": _cmd_unload, "watch": _cmd_watch, "stats": _cmd_stats,
              "list": _cmd_list, "verify": _cmd_verify, "provenance": _cmd_provenance}
 
 

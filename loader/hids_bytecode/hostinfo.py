@@ -10,11 +10,14 @@ from .errors import HostFactError, UnknownArch
 from .kallsyms import KALLSYMS, WrapperFact, detect_syscall_wrapper
 from .kversion import KernelVersion, upstream_version
 
-__all__ = ["Fact", "HostFacts", "gather", "SUPPORTED_ARCHES", "BTF_PATH"]
+__all__ = ["Fact", "HostFacts", "gather", "what_if", "SUPPORTED_ARCHES", "BTF_PATH"]
 
 SUPPORTED_ARCHES = ("x86_64", "aarch64")
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 _VERSION_SIGNATURE = Path("/proc/version_signature")
+# Syscalls are entered through per-arch wrappers (__x64_sys_*, __arm64_sys_*) since these versions.
+_WRAPPER_SINCE = {"x86_64": (4, 17), "aarch64": (4, 19)}
+_BTF_SINCE = (5, 2)  # /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)
 _OS_RELEASE = (Path("/etc/os-release"), Path("/usr/lib/os-release"))
 
 
@@ -100,3 +103,31 @@ def gather(
         Fact("distro", f"{distro} {distro_version}".strip(), distro_source),
     )
     return HostFacts(u.machine, u.release, u.version, version, wrapper, btf, distro, distro_version, facts)
+
+
+def what_if(release: str, arch: str | None = None, version_signature: str | None = None,
+            btf_path: Path | None = None) -> HostFacts:
+    """The facts of a host running kernel `release` (a pre-upgrade check): what cannot be read
+    from a kernel that is not running is derived from its version, and says so."""
+    arch = arch or os.uname().machine
+    if arch not in SUPPORTED_ARCHES:
+        raise UnknownArch(f"unsupported architecture {arch!r} (--arch); supported: {', '.join(SUPPORTED_ARCHES)}")
+    version = upstream_version(release, "", version_signature)
+    since = _WRAPPER_SINCE[arch]
+    wrapper = version.tuple[:2] >= since
+    symbol = f"{arch} kernels >= {since[0]}.{since[1]} enter syscalls through wrappers"
+    if btf_path is not None:
+        btf, btf_source = btf_path.is_file(), f"{btf_path} " + ("present" if btf_path.is_file() else "absent")
+    else:
+        btf = version.tuple[:2] >= _BTF_SINCE
+        btf_source = f"assumed: kernels >= {_BTF_SINCE[0]}.{_BTF_SINCE[1]} can expose /sys/kernel/btf/vmlinux"
+    facts = (
+        Fact("arch", arch, "--arch" if arch != os.uname().machine else "uname -m (--arch to change)"),
+        Fact("release", release, "--kernel"),
+        Fact("version", str(version), version.source.replace("uname -r", "--kernel")),
+        Fact("syscall_wrapper", wrapper, f"derived from the version: {symbol}"),
+        Fact("btf", btf, btf_source),
+        Fact("distro", "what-if", "--kernel: not this host's"),
+    )
+    return HostFacts(arch, release, "", version, WrapperFact(wrapper, "", "", 0, False), btf, "what-if", "",
+                     facts)

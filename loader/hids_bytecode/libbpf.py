@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from .errors import LibbpfMissing
 
 __all__ = ["Libbpf", "get", "capture", "RINGBUF_SAMPLE_FN", "PERF_SAMPLE_FN", "PERF_LOST_FN",
-           "BTF_TYPE", "BTF_MEMBER", "BTF_ENUM", "BTF_ARRAY", "MAP_INFO", "errno_text"]
+           "BTF_TYPE", "BTF_MEMBER", "BTF_ENUM", "BTF_ARRAY", "MAP_INFO", "OBJECT_OPEN_OPTS", "errno_text"]
 
 _c = ctypes
 _vp, _cp, _int, _sz = _c.c_void_p, _c.c_char_p, _c.c_int, _c.c_size_t
@@ -53,6 +53,13 @@ class MAP_INFO(_c.Structure):
                 ("name", _c.c_char * 16), ("rest", _c.c_uint8 * 64)]
 
 
+class OBJECT_OPEN_OPTS(_c.Structure):
+    """struct bpf_object_open_opts up to btf_custom_path: libbpf reads only the `sz` bytes given."""
+
+    _fields_ = [("sz", _sz), ("object_name", _cp), ("relaxed_maps", _c.c_bool), ("pin_root_path", _cp),
+                ("_attach_prog_fd", _c.c_uint32), ("kconfig", _cp), ("btf_custom_path", _cp)]
+
+
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "libbpf_set_print": (_vp, [_PRINT_FN]),
     "libbpf_strerror": (_int, [_int, _c.c_char_p, _sz]),
@@ -82,9 +89,14 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__new": (_vp, [_int, RINGBUF_SAMPLE_FN, _vp, _vp]),
     "ring_buffer__poll": (_int, [_vp, _int]),
     "ring_buffer__free": (None, [_vp]),
+    "ring_buffer__add": (_int, [_vp, _int, RINGBUF_SAMPLE_FN, _vp]),
+    "ring_buffer__consume": (_int, [_vp]),
+    "ring_buffer__epoll_fd": (_int, [_vp]),
     "perf_buffer__new": (_vp, [_int, _sz, PERF_SAMPLE_FN, PERF_LOST_FN, _vp, _vp]),
     "perf_buffer__poll": (_int, [_vp, _int]),
     "perf_buffer__free": (None, [_vp]),
+    "perf_buffer__consume": (_int, [_vp]),
+    "perf_buffer__epoll_fd": (_int, [_vp]),
     "btf__parse_elf": (_vp, [_cp, _vp]),
     "btf__free": (None, [_vp]),
     "btf__type_cnt": (_c.c_uint32, [_vp]),

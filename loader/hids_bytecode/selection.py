@@ -17,7 +17,7 @@ from .integrity import read_object
 from .manifest import Entry, Manifest
 from .runtime_compile import RuntimePlan, plan_runtime_compile
 
-__all__ = ["Step", "Choice", "select", "runtime_compile_enabled", "RUNTIME_ENV"]
+__all__ = ["Step", "Choice", "select", "runtime_compile_enabled", "explain_lines", "RUNTIME_ENV"]
 
 RUNTIME_ENV = "HIDS_RUNTIME_COMPILE"
 
@@ -143,3 +143,36 @@ def _refusal(program: str, facts: HostFacts, steps: list[Step]) -> str:
     tried = "; ".join(parts)
     return (f"no object of {program!r} for {facts.release} ({facts.arch}, syscall_wrapper={facts.wrapper.wrapper}); "
             f"tried: {tried}")
+
+
+def _line(step: Step) -> str:
+    return f"{'TAKE' if step.taken else 'skip'} {step.stage:8} {step.candidate}: {step.reason}"
+
+
+def explain_lines(steps: tuple[Step, ...] | list[Step], detail: bool = False) -> list[str]:
+    """--explain's lines: exact builds skipped for another kernel release collapse into one line per
+    release (what they all have in common); `detail` lists every candidate."""
+    if detail:
+        return [_line(s) for s in steps]
+    lines: list[str | list[Step]] = []
+    groups: dict[str, list[Step]] = {}
+    for step in steps:
+        parts = step.candidate.split("/")
+        release = parts[1] if len(parts) == 3 else None
+        if step.stage == "exact" and not step.taken and release and f"release {release} != host" in step.reason:
+            if release not in groups:
+                groups[release] = []
+                lines.append(groups[release])
+            groups[release].append(step)
+        else:
+            lines.append(_line(step))
+    out = []
+    for item in lines:
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        shared = [p for p in item[0].reason.split("; ") if all(p in s.reason.split("; ") for s in item)]
+        variants = " ".join(s.candidate.split("/")[2] for s in item)
+        out.append(f"skip exact    {item[0].candidate.split('/')[1]} ({len(item)} builds: {variants}): "
+                   f"{'; '.join(shared)}")
+    return out
