@@ -192,10 +192,10 @@ def _cmd_select(args: argparse.Namespace) -> int:
         print(json.dumps(doc, sort_keys=True))
     else:
         if args.explain:
-            print(f"manifest: {manifest.verdict.describe() if manifest.verdict else 'not checked'}")
             print("facts:")
             for f in facts.facts:
                 print(f"  {f.name:16} {str(f.value):28} from {f.source}")
+            print(f"manifest: {manifest.verdict.describe() if manifest.verdict else 'not checked'}")
         for c in choices:
             print(f"{c.program}: {c.stage} {c.entry.unit}")
             if args.explain:
