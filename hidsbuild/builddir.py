@@ -31,6 +31,7 @@ class BuildDir:
     entries: dict[str, dict[str, Any]]  # unit id -> manifest entry
     files: dict[str, bytes]  # "objects/<sha>.o" / "sources/<name>.c" -> checked contents
     inputs: dict[str, Any] | None  # index.json's "inputs" (provenance); None from builds that predate it
+    skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # unit id -> {unit, arch, reason}: not built
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Bundle:
     files: dict[str, bytes] = field(default_factory=dict)
     origin: dict[str, Path] = field(default_factory=dict)  # unit id -> the build dir it came from
     inputs: dict[str, Any] | None = None  # every shard's inputs, joined
+    skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # every shard's units that cannot run
 
     def arches(self) -> list[str]:
         return sorted({e["kernel"]["arch"] for e in self.entries.values()})
@@ -130,7 +132,13 @@ def read_build_dir(path: Path) -> BuildDir:
     inputs = index.get("inputs")
     if inputs is not None and not _inputs_shaped(inputs):
         raise BundleError(f"{index_path}: inputs must hold matrix, toolchain, headers and sources")
-    return BuildDir(path, entries, files, inputs)
+    skipped = {}
+    for s in index.get("skipped") or []:
+        if not (isinstance(s, dict) and isinstance(s.get("unit"), str) and s.get("arch") in ARCHES
+                and isinstance(s.get("reason"), str)):
+            raise BundleError(f"{index_path}: each skipped unit needs unit, arch (x86_64 or aarch64) and reason")
+        skipped[s["unit"]] = s
+    return BuildDir(path, entries, files, inputs, skipped)
 
 
 def _inputs_shaped(inputs: Any) -> bool:
@@ -157,7 +165,7 @@ def _join_inputs(builds: list[BuildDir]) -> dict[str, Any] | None:
         inputs = build.inputs or {}
         for key in ("matrix", "toolchain"):
             if inputs[key] != (first.inputs or {})[key]:
-                raise BundleError(f"{build.path} and {first.path} were built from different {key}s")
+                raise BundleError(f"{build.path} and {first.path} differ in {key}: not shards of one build")
         for h in inputs["headers"]:
             if headers.setdefault((h["name"], h["version"], h["arch"]), h) != h:
                 raise BundleError(f"{build.path}: header package {h['name']}={h['version']} recorded differently "
@@ -182,6 +190,7 @@ def join(builds: list[BuildDir]) -> Bundle:
                 detail = (f"sha256 {seen['sha256'][:16]}... vs {entry['sha256'][:16]}..."
                           if seen["sha256"] != entry["sha256"] else "same object, different index entries")
                 raise BundleError(f"unit {unit} differs between {bundle.origin[unit]} and {build.path} ({detail})")
+        bundle.skipped.update(build.skipped)
         for rel, data in build.files.items():
             if bundle.files.setdefault(rel, data) != data:
                 raise BundleError(f"{build.path / rel}: differs from the file of the same name in another shard")

@@ -91,7 +91,9 @@ def _wheel_files(bundle: Bundle, arch: str, loader_files: dict[str, bytes], proj
             files[f"{PACKAGE}/data/{rel}"] = bundle.files[rel]
     provenance = statement_bytes(statement(arch, entries, files, bundle.inputs, git, _source_url(project)))
     files[f"{PACKAGE}/data/{_PROVENANCE}"] = provenance
+    skipped = [bundle.skipped[u] for u in sorted(bundle.skipped) if bundle.skipped[u]["arch"] == arch]
     manifest = {"schema": 1, "version": version, "source_hash": identity, "arch": arch, "objects": entries,
+                "skipped": skipped,
                 "provenance": {"path": _PROVENANCE, "sha256": hashlib.sha256(provenance).hexdigest()}}
     files[_MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     if key is not None:
@@ -179,5 +181,5 @@ def bundle_wheels(sources: list[Path], dist: Path, loader: Path = LOADER, sign_k
                 stale.unlink()
                 console.print(f"  replaced {stale.name}")
         console.print(_size_table(path.name, bundle.for_arch(arch), len(data), _signed_by(key)))
-    console.print(_signed_by(key))
+    console.print(_signed_by(key), soft_wrap=True)  # one line, whatever the width: scripts grep it
     return list(wheels)
