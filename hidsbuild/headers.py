@@ -38,6 +38,16 @@ class KernelHeaders:
         """What a compile depends on: the exact header package versions."""
         return ",".join(f"{p}={self.kernel.version}" for p in self.kernel.headers)
 
+    def kernel_config(self) -> dict[str, str] | None:
+        """The options set in the flavour tree's .config (the kernel's own build configuration),
+        or None when the tree carries none."""
+        index, rel = self.flavour.split("/", 1)
+        try:
+            text = (self.packages[int(index)] / rel / ".config").read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+        return dict(line.split("=", 1) for line in text.splitlines() if line.startswith("CONFIG_") and "=" in line)
+
 
 class HeadersCache:
     def __init__(self, root: Path, apt: PrivateApt | None) -> None:

@@ -27,10 +27,10 @@ from .errors import HeadersUnavailable, UnitsFailed
 from .headers import HeadersCache, KernelHeaders
 from .kernels import Kernel, Matrix, load_matrix
 from .owners import make_scratch, reap_scratch
-from .report import UnitProgress, console, failure_report, step, summary_table
+from .report import UnitProgress, console, failure_report, skipped_report, step, summary_table
 from .stitch import Stitched, StitchError, stitch
 from .toolchain import ToolchainImage, docker_client, ensure_image, recipe_hash
-from .units import BTF_DIR, HEADERS_DIR, Unit, cache_key, compile_args, enumerate_units, shard
+from .units import BTF_DIR, HEADERS_DIR, Unit, cache_key, compile_args, enumerate_units, shard, skip_reason
 
 __all__ = ["BuildOptions", "BuildResult", "build_all"]
 
@@ -49,6 +49,7 @@ class BuildOptions:
 class BuildResult:
     outcomes: list[Outcome] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[Unit, str]] = field(default_factory=list)  # units that cannot run, with the reason
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -65,11 +66,23 @@ class _Planner:
         self.recipe = recipe_hash(matrix.toolchain)
         self._described: dict[Kernel, KernelHeaders | None] = {}
         self._btf_identity: dict[str, str | None] = {}
+        self._configs: dict[Kernel, dict[str, str] | None] = {}
 
     def kernel_headers(self, kernel: Kernel) -> KernelHeaders | None:
         if kernel not in self._described:
             self._described[kernel] = None if self.headers.missing(kernel) else self.headers.describe(kernel)
         return self._described[kernel]
+
+    def skip(self, unit: Unit) -> str | None:
+        """Why the unit is not built, once its kernel's headers (and so its .config) are on disk."""
+        if unit.kernel is None or unit.variant.syscall_wrapper:
+            return None
+        if unit.kernel not in self._configs:
+            headers = self.kernel_headers(unit.kernel)
+            if headers is None:
+                return None
+            self._configs[unit.kernel] = headers.kernel_config()
+        return skip_reason(unit, self._configs[unit.kernel])
 
     def btf_header(self, arch: str) -> Path:
         target = next(c for c in self.matrix.core if c.arch == arch)
@@ -99,6 +112,7 @@ class _Planner:
         """Inputs were fetched or discarded: describe them again on the next look."""
         self._described.clear()
         self._btf_identity.clear()
+        self._configs.clear()
 
 
 def _stitch_all(matrix: Matrix) -> dict[str, Stitched]:
@@ -159,7 +173,8 @@ def _inputs(matrix: Matrix, planner: _Planner, units: list[Unit], stitched: dict
 
 
 def _write_build_dir(build_dir: Path, entries: list[dict[str, Any]], outcomes: list[Outcome],
-                     stitched: dict[str, Stitched], failures: list[tuple[str, str]], inputs: dict[str, Any]) -> None:
+                     stitched: dict[str, Stitched], failures: list[tuple[str, str]], inputs: dict[str, Any],
+                     skipped: list[tuple[Unit, str]]) -> None:
     objects = {o.object.meta["sha256"]: o.object.data for o in outcomes if o.object is not None}
     for sha, data in objects.items():
         path = build_dir / "objects" / f"{sha}.o"
@@ -168,7 +183,9 @@ def _write_build_dir(build_dir: Path, entries: list[dict[str, Any]], outcomes: l
     for s in stitched.values():
         write_atomic(build_dir / "sources" / f"{s.program}-{s.sha256[:16]}.c", s.text.encode())
     index = {"schema": 1, "units": sorted(entries, key=lambda e: e["unit"]),
-             "failures": [{"unit": u, "error": e} for u, e in sorted(failures)], "inputs": inputs}
+             "failures": [{"unit": u, "error": e} for u, e in sorted(failures)], "inputs": inputs,
+             "skipped": sorted(({"unit": u.id, "arch": u.arch, "reason": r} for u, r in skipped),
+                               key=lambda s: s["unit"])}
     write_atomic(build_dir / "index.json", (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
     # Only what the index names stays: a stale object must never be bundled.
     keep_objects = {f"{e['sha256']}.o" for e in entries}
@@ -194,13 +211,18 @@ def build_all(opts: BuildOptions) -> BuildResult:
     with step(f"plan {len(units)} units against the cache"):
         todo: list[Unit] = []
         for unit in units:
+            reason = planner.skip(unit)
+            if reason:
+                result.skipped.append((unit, reason))
+                continue
             job = planner.job(unit)
             hit = cache.get(job.key) if job else None
             if job and hit:
                 result.outcomes.append(Outcome(job, "cached", hit.meta["compile_ns"], object=hit))
             else:
                 todo.append(unit)
-    console.print(f"  {len(units) - len(todo)} cached, {len(todo)} to build")
+    console.print(f"  {len(units) - len(todo) - len(result.skipped)} cached, {len(result.skipped)} skipped, "
+                  f"{len(todo)} to build")
 
     if todo:
         _build_missing(matrix, opts, planner, cache, todo, result, stitched)
@@ -209,17 +231,21 @@ def build_all(opts: BuildOptions) -> BuildResult:
     result.failures = sorted((o.job.unit.id, o.error) for o in result.outcomes if o.status == "failed")
     with step(f"write {opts.build_dir}"):
         _write_build_dir(opts.build_dir, entries, result.outcomes, stitched, result.failures,
-                         _inputs(matrix, planner, units, stitched))
+                         _inputs(matrix, planner, units, stitched), result.skipped)
 
     rows: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     for o in sorted(result.outcomes, key=lambda o: units.index(o.job.unit)):
         rows[o.job.unit.target][o.job.unit.variant.id][o.status] += 1
+    for unit, _ in result.skipped:
+        rows[unit.target][unit.variant.id]["skipped"] += 1
     variants = list(dict.fromkeys(v.id for p in matrix.programs for v in p.variants))
     console.print(summary_table(rows, variants))
-    console.print(f"built {result.count('built')}, cached {result.count('cached')}, failed {result.count('failed')}")
+    skipped_report([(u.id, r) for u, r in result.skipped])
+    console.print(f"built {result.count('built')}, cached {result.count('cached')}, skipped {len(result.skipped)}, "
+                  f"failed {result.count('failed')}")
     if result.failures:
         failure_report(result.failures)
-        raise UnitsFailed(f"{len(result.failures)} of {len(units)} units failed: "
+        raise UnitsFailed(f"{len(result.failures)} of {len(units) - len(result.skipped)} units failed: "
                           + ", ".join(u for u, _ in result.failures))
     return result
 
@@ -307,6 +333,10 @@ def _build_missing(matrix: Matrix, opts: BuildOptions, planner: _Planner, cache:
     _prepare_inputs(client, image, matrix, opts, planner, todo)
     batches: dict[str, list[Job]] = defaultdict(list)
     for unit in todo:
+        reason = planner.skip(unit)  # the .config of headers just fetched
+        if reason:
+            result.skipped.append((unit, reason))
+            continue
         job = planner.job(unit)
         if job is None:
             raise HeadersUnavailable(f"inputs of {unit.id} are still missing after fetching them")

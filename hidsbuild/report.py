@@ -12,7 +12,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TransferSpeedColumn)
 from rich.table import Table
 
-__all__ = ["console", "step", "UnitProgress", "ByteProgress", "summary_table", "failure_report"]
+__all__ = ["console", "step", "UnitProgress", "ByteProgress", "summary_table", "skipped_report", "failure_report"]
 
 console = Console(stderr=True, highlight=False)
 
@@ -90,9 +90,24 @@ def summary_table(rows: dict[str, dict[str, Counter]], variants: list[str]) -> T
                 parts.append(f"[cyan]{c['cached']} cached[/]")
             if c["failed"]:
                 parts.append(f"[red]{c['failed']} failed[/]")
+            if c["skipped"]:
+                parts.append(f"[dim]{c['skipped']} skipped[/]")
             rendered.append(", ".join(parts) or "-")
         table.add_row(target, *rendered)
     return table
+
+
+def skipped_report(skipped: list[tuple[str, str]]) -> None:
+    """Which units were not built because they cannot run, one line per reason with its variants
+    and how many kernels it spared."""
+    by_reason: dict[str, list[str]] = {}
+    for unit_id, reason in skipped:
+        by_reason.setdefault(reason, []).append(unit_id)
+    for reason, units in by_reason.items():
+        variants = sorted({u.rsplit("/", 1)[1] for u in units})
+        kernels = len({u.split("/")[1] for u in units})
+        console.print(f"[dim]skipped {len(units)} unit(s) ({', '.join(variants)} on {kernels} kernel(s)): {reason}[/]",
+                      soft_wrap=True)
 
 
 def failure_report(failures: list[tuple[str, str]]) -> None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from .headers import KernelHeaders
 from .kernels import ARCHES, Kernel, Matrix, Program, Variant, parse_version
 
-__all__ = ["Unit", "enumerate_units", "compile_args", "cache_key", "shard", "SRC_DIR", "HEADERS_DIR", "BTF_DIR"]
+__all__ = ["Unit", "enumerate_units", "skip_reason", "compile_args", "cache_key", "shard", "SRC_DIR", "HEADERS_DIR",
+           "BTF_DIR"]
 
 # Fixed paths inside the container: objects never depend on where the checkout lives.
 SRC_DIR = "/src"
@@ -48,12 +49,27 @@ class Unit:
 
 
 def enumerate_units(matrix: Matrix) -> list[Unit]:
-    """Every unit of the matrix in a stable order: kernels as listed, then CO-RE targets."""
+    """Every unit of the matrix in a stable order: kernels as listed, then CO-RE targets (which
+    are w1 only). Units that cannot run on their kernel are dropped later, by `skip_reason`, once
+    the kernel's .config is at hand."""
     units = [Unit(p, k.arch, v, k) for k in matrix.kernels for p in matrix.programs for v in p.variants]
     units += [
         Unit(p, c.arch, v) for c in matrix.core for p in matrix.programs for v in p.variants if v.syscall_wrapper
     ]
     return units
+
+
+WRAPPER_OPTION = "CONFIG_ARCH_HAS_SYSCALL_WRAPPER"
+
+
+def skip_reason(unit: Unit, config: dict[str, str] | None) -> str | None:
+    """Why the unit is not built, given its kernel's .config (None: not known yet): the no-wrapper
+    variant on a kernel with the syscall wrapper, where syscalls enter through __<arch>_sys_* and
+    the variant's sys_* kprobes can never attach, so its object would only repeat the tracepoint
+    path of the wrapper variant. None when the unit can run (or the .config is unknown: built)."""
+    if unit.kernel is None or unit.variant.syscall_wrapper or config is None or config.get(WRAPPER_OPTION) != "y":
+        return None
+    return f"{WRAPPER_OPTION}=y: the sys_* kprobes of USE_SYSCALL_WRAPPER=0 can never attach on this kernel"
 
 
 def shard(units: list[Unit], index: int, count: int) -> list[Unit]:
