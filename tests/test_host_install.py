@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_signing import build_dir_from_data, invoke, make_loader_data, trust_dir
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")

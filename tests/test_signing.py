@@ -24,8 +24,8 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT, make_loader_data  # noqa: E402  (puts loader/ on sys.path)
-from hids_bytecode.errors import EXIT_CODES  # noqa: E402
+from conftest_loader import ROOT, make_loader_data  # puts loader/ on sys.path
+from hids_bytecode.errors import EXIT_CODES
 
 INVOKE = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
 PIN_ROOT = f"/sys/fs/bpf/hids-test-signing-{os.getpid()}"
