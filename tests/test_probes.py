@@ -167,3 +167,30 @@ def test_setuid_in_a_child(venv: Path) -> None:
     child = int(result["child"]["out"])
     setuids = of(result, "setuid", child)
     assert setuids and setuids[0]["euid"] == 65534 and setuids[0]["hdr"]["uid"] == 0
+
+
+def test_agent_filter_drops_only_the_process_that_started_at_its_recorded_time(venv: Path, tmp_path: Path) -> None:
+    """The pid-reuse attack (issue #12): a process given the agent's old pid must not be blinded.
+    The child writes its own tgid into the pinned config, first with a start time one tick off
+    (what a dead agent's record looks like to the process that inherits its pid), then exactly."""
+    result = watch(venv, "file", f"""
+        import ctypes, os
+        from hids_bytecode import libbpf as lb
+        from hids_bytecode.attach import set_agent_tgid
+        from hids_bytecode.pins import pin_dir
+        lib = lb.get()
+        fd = lib.bpf_obj_get(str(pin_dir("file") / "maps" / "config").encode())
+        key, value = ctypes.c_uint32(0), (ctypes.c_uint8 * 16)()
+        set_agent_tgid(lib, fd, os.getpid())
+        lib.bpf_map_lookup_elem(fd, ctypes.byref(key), value)
+        ctypes.c_uint64.from_buffer(value, 8).value -= 1
+        assert lib.bpf_map_update_elem(fd, ctypes.byref(key), value, 0) == 0
+        os.mkdir("{tmp_path}/reused")
+        set_agent_tgid(lib, fd, os.getpid())
+        os.mkdir("{tmp_path}/own")
+        print(os.getpid())
+        """)
+    child = int(result["child"]["out"])
+    made = {e["path"] for e in of(result, "mkdir", child)}
+    assert f"{tmp_path}/reused" in made, "a reused pid was filtered: the agent filter can be used to hide"
+    assert f"{tmp_path}/own" not in made, "the agent's own events must still be dropped"

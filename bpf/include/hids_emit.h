@@ -54,12 +54,27 @@ const struct hids_schema *hids_schema_anchor;
 
 char LICENSE[] SEC("license") = "GPL";
 
-static __always_inline int hids_is_agent(__u32 tgid)
+/* USER_HZ, the unit of /proc/<pid>/stat's start time, is 100 on every Linux ABI. */
+#define HIDS_NS_PER_USER_TICK 10000000ULL
+
+static __always_inline int hids_is_agent(struct task_struct *task, __u32 tgid)
 {
 	__u32 zero = 0;
 	struct hids_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	struct task_struct *leader = NULL;
+	__u64 start_ns = 0;
 
-	return cfg && cfg->agent_tgid && cfg->agent_tgid == tgid;
+	if (!cfg || !cfg->agent_tgid || cfg->agent_tgid != tgid)
+		return 0;
+	/* The same tgid is the agent only if it is the same process: compare start times. */
+	if (bpf_probe_read_kernel(&leader, sizeof(leader), &task->group_leader) || !leader)
+		return 0;
+#if HIDS_KERNEL_AT_LEAST(5, 5)
+	bpf_probe_read_kernel(&start_ns, sizeof(start_ns), &leader->start_boottime);
+#else
+	bpf_probe_read_kernel(&start_ns, sizeof(start_ns), &leader->real_start_time);
+#endif
+	return start_ns / HIDS_NS_PER_USER_TICK == cfg->agent_start_ticks;
 }
 
 /* Returns the scratch slot with a filled header, or NULL for the agent's own events. */
@@ -72,7 +87,7 @@ static __always_inline void *hids_event_begin(__u32 type)
 	struct hids_hdr *hdr;
 	__u32 zero = 0;
 
-	if (hids_is_agent(pid_tgid >> 32))
+	if (hids_is_agent(task, pid_tgid >> 32))
 		return NULL;
 	hdr = bpf_map_lookup_elem(&scratch, &zero);
 	if (!hdr)

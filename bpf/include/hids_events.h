@@ -315,9 +315,13 @@ struct hids_counter {
 	__u64 dropped;
 };
 
+/* The agent whose own events are dropped: its tgid and its start time in clock ticks since boot
+ * (field 22 of /proc/<tgid>/stat), so that a pid the kernel hands to another process after the
+ * agent died never matches (docs/PINS.md). */
 struct hids_config {
 	__u32 agent_tgid;
 	__u32 reserved;
+	__u64 agent_start_ticks;
 };
 
 #endif

@@ -126,9 +126,20 @@ def open_and_load(lib: lb.Libbpf, data: bytes, label: str, btf_path: str | None 
     return loaded
 
 
+def _start_ticks(tgid: int) -> int:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<tgid>/stat)."""
+    try:
+        stat = Path(f"/proc/{tgid}/stat").read_text()
+    except OSError:
+        raise LoadError(f"agent pid {tgid}: no such process") from None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
 def set_agent_tgid(lib: lb.Libbpf, config_fd: int, tgid: int) -> None:
-    """Put `tgid` first in `config`[0] (0: drop nothing), keeping the rest of the value: the kernel
-    side drops that process's own events (docs/PINS.md)."""
+    """Put `tgid` first in `config`[0] (0: drop nothing) and, where the value has room, its start
+    time: the kernel side drops that process's own events, and never those of another process
+    that is later given the same pid (docs/PINS.md)."""
     info = lb.MAP_INFO()
     length = ctypes.c_uint32(ctypes.sizeof(info))
     rc = lib.bpf_obj_get_info_by_fd(config_fd, ctypes.byref(info), ctypes.byref(length))
@@ -138,6 +149,8 @@ def set_agent_tgid(lib: lb.Libbpf, config_fd: int, tgid: int) -> None:
     key = ctypes.c_uint32(0)
     lib.bpf_map_lookup_elem(config_fd, ctypes.byref(key), value)  # a fresh array reads as zeroes
     ctypes.c_uint32.from_buffer(value).value = tgid
+    if info.value_size >= 16:
+        ctypes.c_uint64.from_buffer(value, 8).value = _start_ticks(tgid) if tgid else 0
     rc = lib.bpf_map_update_elem(config_fd, ctypes.byref(key), value, 0)
     if rc != 0:
         raise LoadError(f"cannot write the agent tgid into config: {lib.strerror(rc)}")
