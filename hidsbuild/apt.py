@@ -214,7 +214,7 @@ def _fetch_one(remote: Remote, dest: Path, on_progress: Callable[[int], None] | 
                                  f"index says {remote.size} bytes, {remote.sha256[:16]}...: refused")
     partial.replace(target)
     # One line per file as well as the bar: a CI log has no live bar, and minutes of silence read as a hang.
-    console.print(f"  fetched {remote.filename} ({size / 1e6:.1f} MB, sha256 ok)", markup=False)
+    console.print(f"  fetched {remote.filename} ({size / 1e6:.1f} MB, sha256 ok)", markup=False, soft_wrap=True)
     return target
 
 
