@@ -214,17 +214,27 @@ def bench(c, matrix=str(DEFAULT_MATRIX), cache_dir=str(DEFAULT_CACHE), dist=str(
         "timeout": "seconds one VM may run before it is reported as not booting (default: 300)",
         "wheel": "verify this wheel instead of the newest per arch in dist/ (repeatable, one per arch)",
         "strict": "exit non-zero when any kernel is unproved (no image served), not only when one fails: for CI gates",
+        "shard": "verify only slice K/N of the kernels (whole kernels, sorted by release, as build-all --shard)",
+        "jobs": "guests booted at once, one vCPU each (default: one per core)",
+        "merge": "boot nothing: join these shards' verify.json (files or dirs; repeatable) into dist/verify.json, "
+                 "verify.txt and compat.html; kernels of --matrix in no shard are unproved",
     },
-    iterable=["kernel", "wheel"],
+    iterable=["kernel", "wheel", "merge"],
 )
 @_reported
 def verify(c, matrix=str(DEFAULT_MATRIX), dist=str(DEFAULT_DIST), cache_dir=str(DEFAULT_CACHE), kernel=None,
-           timeout=300, wheel=None, strict=False):
-    """Boot each kernel under qemu (TCG) with the wheel inside; prove every object loads, attaches and reports events."""
-    from hidsbuild.verify.run import VerifyOptions, run_verify
+           timeout=300, wheel=None, strict=False, shard=None, jobs=0, merge=None):
+    """Boot each kernel under qemu (TCG) with the wheel inside; prove every object loads, attaches and reports events;
+    write dist/verify.json, verify.txt and compat.html."""
+    from hidsbuild.verify.run import VerifyOptions, merge_verify, run_verify
 
+    if merge:
+        if kernel or wheel or shard:
+            raise Exit("error: --merge joins finished shards: it takes no --kernel, --wheel or --shard", code=2)
+        merge_verify([Path(m) for m in merge], Path(matrix), Path(dist), bool(strict))
+        return
     run_verify(VerifyOptions(Path(matrix), Path(dist), Path(cache_dir), tuple(kernel or ()), float(timeout),
-                             tuple(Path(w) for w in wheel or ()), bool(strict)))
+                             tuple(Path(w) for w in wheel or ()), bool(strict), _parse_shard(shard), int(jobs)))
 
 
 kernels = Collection("kernels")

@@ -10,6 +10,7 @@ packages=(
   libbpf1 bpftool                            # the loader's libbpf; bpftool backend and vmlinux.h
   clang-19 llvm-19                           # runtime-compilation fallback on the host
   qemu-system-x86 qemu-system-arm cpio zstd  # invoke verify: boot each target kernel
+  chromium fonts-dejavu-core                 # tests: dist/compat.html rendered headless
   python3 python3-venv
 )
 missing=()

@@ -12,14 +12,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import VerifyFailed
 from ..kernels import Kernel
 
-__all__ = ["KernelResult", "failures", "unproved", "write_json", "render_table", "write_text"]
+__all__ = ["KernelResult", "failures", "unproved", "write_json", "read_json", "merge_results", "render_table",
+           "write_text", "UNPROVED", "NOT_RUN"]
 
 _OK = {"ok", "n/a"}
 # The archive no longer serves the kernel's image (e.g. a superseded security upload): nothing could
 # be booted, so nothing was proved or disproved. Reported, listed, but not a verification failure.
 UNPROVED = "no image"
+# A merge found no shard that verified the kernel: unproved as well, for the same reason.
+NOT_RUN = "not verified"
+_UNPROVED = (UNPROVED, NOT_RUN)
 
 
 @dataclass
@@ -28,12 +33,13 @@ class KernelResult:
     arch: str
     suite: str
     version: str
-    status: str = "ok"  # ok | failed | boot failed | no wheel | no image (UNPROVED)
+    status: str = "ok"  # ok | failed | boot failed | no wheel | no image (UNPROVED) | not verified (NOT_RUN)
     reason: str = ""
     uname: str = ""
     boot_seconds: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
     console_tail: str = ""  # the serial console's last lines, kept when the guest gave no result
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # units the build skipped here: unit, reason
 
     @classmethod
     def of(cls, kernel: Kernel) -> "KernelResult":
@@ -51,17 +57,47 @@ class KernelResult:
 
 
 def failures(results: list[KernelResult]) -> list[KernelResult]:
-    return [r for r in results if r.status not in ("ok", UNPROVED)]
+    return [r for r in results if r.status != "ok" and r.status not in _UNPROVED]
 
 
 def unproved(results: list[KernelResult]) -> list[KernelResult]:
-    return [r for r in results if r.status == UNPROVED]
+    return [r for r in results if r.status in _UNPROVED]
 
 
-def write_json(results: list[KernelResult], path: Path) -> None:
+def write_json(results: list[KernelResult], path: Path, shard: str | None = None) -> None:
     doc = {"ok": not failures(results), "unproved": [r.release for r in unproved(results)],
            "kernels": [asdict(r) for r in results]}
+    if shard:
+        doc["shard"] = shard
     _atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> tuple[Path, list[KernelResult]]:
+    """A verify.json (of a shard) back as results; a missing or malformed file is one VerifyFailed line."""
+    try:
+        doc = json.loads(path.read_text())
+        kernels = doc["kernels"]
+        known = set(KernelResult.__dataclass_fields__)
+        return path, [KernelResult(**{k: v for k, v in raw.items() if k in known}) for raw in kernels]
+    except FileNotFoundError:
+        raise VerifyFailed(f"{path}: no verify.json there (did that shard's `invoke verify` run?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise VerifyFailed(f"{path}: not a verify.json ({type(exc).__name__}: {exc})") from None
+
+
+def merge_results(docs: list[tuple[Path, list[KernelResult]]], order: list[str]) -> list[KernelResult]:
+    """The shards' results as one matrix, in `order` (kernels.yaml's), others after; a kernel that
+    two shards report differently is refused, since one of them cannot be the proof."""
+    merged: dict[str, tuple[Path, KernelResult]] = {}
+    for path, results in docs:
+        for result in results:
+            seen = merged.get(result.release)
+            if seen is not None and seen[1] != result:
+                raise VerifyFailed(f"{result.release} is in {seen[0]} and {path} with different results; "
+                                   "merge the shards of one run")
+            merged.setdefault(result.release, (path, result))
+    rank = {release: i for i, release in enumerate(order)}
+    return [merged[r][1] for r in sorted(merged, key=lambda r: (rank.get(r, len(rank)), r))]
 
 
 def _cell(value: str) -> str:
@@ -75,7 +111,7 @@ def render_table(results: list[KernelResult]) -> Table:
         table.add_column(name, overflow="fold")
     for result in results:
         if not result.rows:
-            colour = "yellow" if result.status == UNPROVED else "red"
+            colour = "yellow" if result.status in _UNPROVED else "red"
             table.add_row(result.release, result.uname or "-", "-", "-", "-", "-", "-",
                           f"[{colour}]{result.status}[/]: {result.reason}")
             continue

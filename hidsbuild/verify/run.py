@@ -1,5 +1,11 @@
 """`invoke verify`: for each kernel of the matrix, boot its own image with the wheel installed in
-the guest, and collect what the guest's loader checks report."""
+the guest, and collect what the guest's loader checks report.
+
+Images and initramfs are prepared one kernel after the other (apt and the cached guest base are
+shared), then the guests boot side by side, one vCPU each, as many at once as there are cores.
+A matrix too large for one machine is cut with `shard` (whole kernels, as build-all does) and the
+shards' verify.json files are joined with `merge_verify`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +23,13 @@ from ..errors import ConfigError, HeadersUnavailable, VerifyFailed
 from ..kernels import Kernel, load_matrix
 from ..report import console, step
 from .images import fetch_image
-from .matrix import KernelResult, failures, render_table, unproved, write_json, write_text
+from .images import KernelImage
+from .matrix import NOT_RUN, KernelResult, failures, merge_results, read_json, render_table, unproved, write_json, write_text
+from .page import write_page
 from .rootfs import initramfs
 from .vm import boot
 
-__all__ = ["VerifyOptions", "find_wheels", "run_verify"]
+__all__ = ["VerifyOptions", "find_wheels", "run_verify", "merge_verify", "shard_kernels"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,8 @@ class VerifyOptions:
     timeout: float = 300.0
     wheels: tuple[Path, ...] = ()  # empty: the newest wheel per arch in dist/
     strict: bool = False  # a kernel left unproved (no image served) fails the run too
+    shard: tuple[int, int] | None = None  # verify only slice K/N of the selected kernels
+    jobs: int = 0  # guests booted at once; 0: one per core
 
 
 def find_wheels(dist: Path, explicit: tuple[Path, ...] = ()) -> dict[str, Path]:
@@ -66,10 +77,18 @@ def _site(wheel: Path, cache: Path) -> Path:
     return dest
 
 
+def _manifest(site: Path) -> dict:
+    return json.loads((site / "hids_bytecode" / "data" / "manifest.json").read_text())
+
+
 def _expected_units(site: Path, kernel: Kernel) -> list[str]:
-    manifest = json.loads((site / "hids_bytecode" / "data" / "manifest.json").read_text())
-    return sorted(e["unit"] for e in manifest["objects"]
+    return sorted(e["unit"] for e in _manifest(site)["objects"]
                   if e["kind"] == "exact" and e["kernel"].get("release") == kernel.release)
+
+
+def _skipped_units(site: Path, kernel: Kernel) -> list[dict]:
+    """The kernel's units the build skipped as unable to run there, with the reason (for the page)."""
+    return [s for s in _manifest(site).get("skipped", []) if s["unit"].split("/")[1] == kernel.release]
 
 
 def _selected(kernels: tuple[Kernel, ...], releases: tuple[str, ...], matrix: Path) -> list[Kernel]:
@@ -82,29 +101,55 @@ def _selected(kernels: tuple[Kernel, ...], releases: tuple[str, ...], matrix: Pa
     return [k for k in kernels if k.release in releases]
 
 
-def _verify_kernel(kernel: Kernel, apt: PrivateApt, sites: dict[str, Path], opts: VerifyOptions) -> KernelResult:
-    result = KernelResult.of(kernel)
+def shard_kernels(kernels: list[Kernel], index: int, count: int) -> list[Kernel]:
+    """Deterministic slice K/N by sorted release, matrix order kept, like build-all's shards."""
+    releases = sorted(k.release for k in kernels)
+    mine = {r for i, r in enumerate(releases) if i % count == index - 1}
+    return [k for k in kernels if k.release in mine]
+
+
+@dataclass
+class _Guest:
+    """A kernel ready to boot: its result so far, image and initramfs; `image` None: settled already."""
+
+    result: KernelResult
+    expected: list[str]
+    image: KernelImage | None = None
+    initrd: Path | None = None
+
+
+def _prepare(kernel: Kernel, apt: PrivateApt, sites: dict[str, Path], opts: VerifyOptions, scratch: Path) -> _Guest:
+    guest = _Guest(KernelResult.of(kernel), [])
+    result = guest.result
     site = sites.get(kernel.arch)
     if site is None:
         result.status, result.reason = "no wheel", f"no {kernel.arch} wheel in {opts.dist} (run `invoke build-all`)"
-        return result
-    expected = _expected_units(site, kernel)
-    if not expected:
+        return guest
+    guest.expected = _expected_units(site, kernel)
+    result.skipped = _skipped_units(site, kernel)
+    if not guest.expected:
         result.status, result.reason = "failed", f"the {kernel.arch} wheel has no object built for {kernel.release}"
-        return result
+        return guest
     try:
         image = fetch_image(apt, kernel, opts.cache)
     except HeadersUnavailable as exc:
         result.status, result.reason = "no image", str(exc)
-        return result
+        return guest
     missing = image.missing_builtins(kernel.arch)
     if missing:
         result.status = "boot failed"
         result.reason = f"needs built in, but the initramfs carries no modules: {', '.join(missing)}"
+        return guest
+    guest.image = image
+    guest.initrd = initramfs(site, kernel.arch, opts.cache, scratch / f"{kernel.release}.cpio.gz", image.module)
+    return guest
+
+
+def _boot(kernel: Kernel, guest: _Guest, opts: VerifyOptions) -> KernelResult:
+    result, expected = guest.result, guest.expected
+    if guest.image is None or guest.initrd is None:
         return result
-    with tempfile.TemporaryDirectory(prefix="hids-initrd-") as tmp:
-        initrd = initramfs(site, kernel.arch, opts.cache, Path(tmp) / "initrd.cpio.gz")
-        run = boot(kernel.arch, image.vmlinuz, initrd, opts.timeout)
+    run = boot(kernel.arch, guest.image.vmlinuz, guest.initrd, opts.timeout)
     result.boot_seconds = round(run.seconds, 1)
     doc = run.result
     if doc is None:
@@ -125,31 +170,65 @@ def _verify_kernel(kernel: Kernel, apt: PrivateApt, sites: dict[str, Path], opts
 
 
 def run_verify(opts: VerifyOptions) -> list[KernelResult]:
-    """Verify each selected kernel in its own VM; write dist/verify.json and dist/verify.txt and
-    raise VerifyFailed if any kernel, object or program failed (with `strict`, or was left unproved)."""
+    """Verify each selected kernel in its own VM; write dist/verify.json, verify.txt and compat.html
+    and raise VerifyFailed if any kernel, object or program failed (with `strict`, or was left unproved)."""
     matrix = load_matrix(opts.matrix)
     kernels = _selected(matrix.kernels, opts.releases, opts.matrix)
+    if opts.shard:
+        kernels = shard_kernels(kernels, *opts.shard)
+    if not kernels:
+        raise VerifyFailed(f"shard {opts.shard[0]}/{opts.shard[1]} of {len(matrix.kernels)} kernel(s) is empty: "
+                           "use fewer shards" if opts.shard else "no kernel selected")
     wheels = find_wheels(opts.dist, opts.wheels)
     if not wheels:
         raise VerifyFailed(f"no hids_bytecode wheel in {opts.dist}: run `invoke build-all` first")
     sites = {arch: _site(wheel, opts.cache) for arch, wheel in wheels.items()}
     # apt reads relative Dir:: options against /, not the working directory.
     apt = PrivateApt(opts.cache.resolve() / "verify" / "apt", [k.suite for k in kernels], [k.deb_arch for k in kernels])
-    results = []
-    for kernel in kernels:
-        with step(f"verify {kernel.release} ({kernel.arch})"):
-            results.append(_verify_kernel(kernel, apt, sites, opts))
-            last = results[-1]
-            console.print(f"  {last.status}" + (f": {last.reason}" if last.reason else "") + f" (guest {last.uname or '-'})",
-                          markup=False)
-    write_json(results, opts.dist / "verify.json")
-    write_text(results, opts.dist / "verify.txt")
+    jobs = max(1, min(opts.jobs or os.cpu_count() or 1, len(kernels)))
+    with tempfile.TemporaryDirectory(prefix="hids-initrd-") as scratch:
+        guests = []
+        for kernel in kernels:
+            with step(f"prepare {kernel.release} ({kernel.arch}): image and initramfs"):
+                guests.append(_prepare(kernel, apt, sites, opts, Path(scratch)))
+        with step(f"boot {sum(g.image is not None for g in guests)} guest(s), {jobs} at a time (one vCPU each)"), \
+                ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(_booted, kernels, guests, [opts] * len(kernels)))
+    shard = f"{opts.shard[0]}/{opts.shard[1]}" if opts.shard else None
+    return _report(results, opts.dist, opts.strict, shard)
+
+
+def _booted(kernel: Kernel, guest: _Guest, opts: VerifyOptions) -> KernelResult:
+    result = _boot(kernel, guest, opts)
+    console.print(f"  {kernel.release}: {result.status}" + (f": {result.reason}" if result.reason else "")
+                  + f" (guest {result.uname or '-'}, {result.boot_seconds:g}s)", markup=False, soft_wrap=True)
+    return result
+
+
+def merge_verify(sources: list[Path], matrix_path: Path, dist: Path, strict: bool = False) -> list[KernelResult]:
+    """Join the verify.json of shards (files, or directories holding one) into one matrix in `dist`,
+    in kernels.yaml's order; a kernel of the matrix that no shard verified is unproved."""
+    matrix = load_matrix(matrix_path)
+    docs = [read_json(p / "verify.json" if p.is_dir() else p) for p in sources]
+    results = merge_results(docs, [k.release for k in matrix.kernels])
+    seen = {r.release for r in results}
+    for kernel in (k for k in matrix.kernels if k.release not in seen):
+        missing = KernelResult.of(kernel)
+        missing.status, missing.reason = NOT_RUN, "in no shard's verify.json (a shard that did not run or finish)"
+        results.append(missing)
+    return _report(results, dist, strict, None)
+
+
+def _report(results: list[KernelResult], dist: Path, strict: bool, shard: str | None) -> list[KernelResult]:
+    write_json(results, dist / "verify.json", shard)
+    write_text(results, dist / "verify.txt")
+    write_page(results, dist / "compat.html")
     console.print(render_table(results))
     for result in unproved(results):
         console.print(f"[yellow]not proved[/] {result.release}: {result.reason}", soft_wrap=True)
-    bad = failures(results) + (unproved(results) if opts.strict else [])
+    bad = failures(results) + (unproved(results) if strict else [])
     if bad:
-        raise VerifyFailed(f"{len(bad)} of {len(results)} kernel(s) failed{' or were unproved' if opts.strict else ''} "
+        raise VerifyFailed(f"{len(bad)} of {len(results)} kernel(s) failed{' or were unproved' if strict else ''} "
                            "verification "
-                           f"({', '.join(f'{r.release}: {r.status}' for r in bad)}); see {opts.dist / 'verify.txt'}")
+                           f"({', '.join(f'{r.release}: {r.status}' for r in bad)}); see {dist / 'verify.txt'}")
     return results

@@ -1,0 +1,120 @@
+"""dist/compat.html: the verification matrix as one static page, kernels x programs x variants,
+each cell coloured by outcome and opening its notes, event counts and verifier log.
+
+Self-contained (inline CSS and a few lines of JS, no external asset), so it can be attached to a CI
+run or opened from disk; the cells are <details>, so they open without JS too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from .matrix import KernelResult, failures, unproved
+
+__all__ = ["Cell", "grid", "render_page", "write_page", "OUTCOMES"]
+
+_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+# Outcome of a cell -> what the legend says it means.
+OUTCOMES = {
+    "ok": "selected, loaded, attached, events read back",
+    "n/a": "proved, with programs marked n/a by the guest's own facts",
+    "fail": "a step failed: the cell holds the error and the verifier log",
+    "skipped": "not built: cannot run on this kernel (reason inside)",
+    "unproved": "kernel not booted: no image served, or no shard verified it",
+    "down": "the guest gave no result (boot failed, timeout, no wheel)",
+    "absent": "no such object for this kernel",
+}
+_STEPS = ("select", "load", "attach", "event")
+
+
+@dataclass
+class Cell:
+    outcome: str
+    label: str
+    unit: str = ""
+    row: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""  # for cells without a row: why
+
+
+def _variant_key(variant: str) -> tuple[int, str]:
+    return (0 if variant.startswith("w1") else 1, variant)
+
+
+def _row_outcome(row: dict[str, Any]) -> str:
+    values = [row.get(k) for k in _STEPS]
+    if any(v not in ("ok", "n/a") for v in values):
+        return "fail"
+    if "n/a" in values or any(p.get("status") == "n/a" for p in row.get("programs", [])):
+        return "n/a"
+    return "ok"
+
+
+def proved_kinds(row: dict[str, Any]) -> list[str]:
+    """Event kinds the guest proved for this object: checked field by field where the guest
+    reports per-kind checks, else read back at least once."""
+    kinds = row.get("kinds")
+    if isinstance(kinds, dict) and kinds:
+        return sorted(k for k, c in kinds.items() if isinstance(c, dict) and c.get("status") == "ok")
+    return sorted(k for k, n in row.get("events", {}).items() if n)
+
+
+def grid(results: list[KernelResult]) -> tuple[list[tuple[str, str]], list[tuple[KernelResult, list[Cell]]]]:
+    """Columns (program, variant) and one row of cells per kernel, in the results' order."""
+    units = [r["unit"] for res in results for r in res.rows] + [s["unit"] for res in results for s in res.skipped]
+    columns = sorted({(u.split("/")[0], u.rsplit("/", 1)[1]) for u in units}, key=lambda c: (c[0], _variant_key(c[1])))
+    table = []
+    for res in results:
+        rows = {(r["unit"].split("/")[0], r["unit"].rsplit("/", 1)[1]): r for r in res.rows}
+        skipped = {(s["unit"].split("/")[0], s["unit"].rsplit("/", 1)[1]): s for s in res.skipped}
+        cells = []
+        for column in columns:
+            if column in rows:
+                row = rows[column]
+                outcome = _row_outcome(row)
+                cells.append(Cell(outcome, outcome, row["unit"], row))
+            elif column in skipped:
+                cells.append(Cell("skipped", "skipped", skipped[column]["unit"], reason=skipped[column]["reason"]))
+            elif not res.rows and res.status != "ok":
+                outcome = "unproved" if unproved([res]) else "down"
+                cells.append(Cell(outcome, res.status, reason=res.reason))
+            else:
+                cells.append(Cell("absent", "-"))
+        table.append((res, cells))
+    return columns, table
+
+
+def summary(results: list[KernelResult]) -> dict[str, int]:
+    rows = [r for res in results for r in res.rows]
+    return {
+        "kernels": len(results),
+        "kernels_ok": sum(r.status == "ok" for r in results),
+        "kernels_failed": len(failures(results)),
+        "kernels_unproved": len(unproved(results)),
+        "objects": len(rows),
+        "objects_proved": sum(_row_outcome(r) != "fail" for r in rows),
+        "skipped": sum(len(res.skipped) for res in results),
+        "kinds_proved": sum(len(proved_kinds(r)) for r in rows),
+        "events_read": sum(n for r in rows for n in r.get("events", {}).values() if isinstance(n, int)),
+    }
+
+
+def render_page(results: list[KernelResult]) -> str:
+    env = Environment(loader=FileSystemLoader(_TEMPLATES), undefined=StrictUndefined,
+                      autoescape=select_autoescape(["html", "j2"], default=True), keep_trailing_newline=True)
+    columns, table = grid(results)
+    return env.get_template("compat.html.j2").render(
+        columns=columns, table=table, totals=summary(results), outcomes=OUTCOMES, steps=_STEPS,
+        proved_kinds=proved_kinds)
+
+
+def write_page(results: list[KernelResult], path: Path) -> None:
+    """Render and write atomically: a reader never sees half a page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_page(results))
+    os.replace(tmp, path)
