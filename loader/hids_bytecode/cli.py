@@ -239,11 +239,13 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     # of the rings.
     with interrupts.as_errors(), api.stream(args.programs or None, args.format, _options(args),
                                             window_ms=args.window_ms) as events:
-        for event in events:
-            print(json.dumps(event, sort_keys=True), flush=True)
-            seen += 1
-            if args.count and seen >= args.count:
-                break
+        while not args.count or seen < args.count:
+            events.poll()
+            batch = events.drain()[:args.count - seen if args.count else None]
+            with interrupts.deferred():  # a signal never cuts a line in half: it acts after the batch
+                sys.stdout.write("".join(json.dumps(event, sort_keys=True) + "\n" for event in batch))
+                sys.stdout.flush()  # once per batch: each line reaches the reader within a poll
+            seen += len(batch)
     return 0
 
 

@@ -1,10 +1,12 @@
 """Who an event belongs to: the host's name and, from the event's cgroup id, the container.
 
-The probes record bpf_get_current_cgroup_id(): the cgroup v2 id, which is the inode number of
-that cgroup's directory in the cgroup2 filesystem. The resolver walks the cgroup2 mount once,
-mapping inode -> path (scandir's d_ino, no stat per directory), and walks again, at most every
-`rescan_s`, when an unknown id arrives. A cgroup removed before its events are read resolves to
-nothing: the record then has no container.
+The probes record bpf_get_current_cgroup_id(): the id of the task's cgroup v2 directory (kernfs),
+which is also its inode number. The resolver turns an id into that directory's path the way the
+kernel exposes it: open_by_handle_at(2) with a kernfs file handle (type FILEID_KERNFS, the 8-byte
+id) on the cgroup2 mount, then the path the kernel reports for that fd. One syscall per new id,
+no walk of the tree, and no race with a scan: a cgroup created just before its first event is
+found. Ids are never reused, so every answer is cached (bounded); a cgroup removed before its
+events are read resolves to nothing and the record has no container.
 
 Cgroup paths are untrusted input (a user with a delegated subtree names its own cgroups): only a
 path component that fully matches a runtime's pattern with a 64-hex id counts, nothing else in the
@@ -13,9 +15,11 @@ path is interpreted, and such a user can only label its own processes.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
-import time
+import sys
 from dataclasses import dataclass
 
 __all__ = ["Container", "container_of", "CgroupResolver", "host_name", "cgroup2_mount"]
@@ -26,8 +30,6 @@ __all__ = ["Container", "container_of", "CgroupResolver", "host_name", "cgroup2_
 _SCOPE = re.compile(r"(docker|cri-containerd|crio|libpod)-([0-9a-f]{64})(?:\.scope)?")
 _BARE = re.compile(r"[0-9a-f]{64}")
 _RUNTIMES = {"docker": "docker", "cri-containerd": "containerd", "crio": "cri-o", "libpod": "podman"}
-_MAX_DEPTH = 32
-_MAX_DIRS = 200_000
 _MAX_CACHE = 65_536
 
 
@@ -68,61 +70,58 @@ def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     return None
 
 
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 8)]
+
+
+_FILEID_KERNFS = 0xFE
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 class CgroupResolver:
     """cgroup id -> path below the cgroup2 mount (e.g. `/system.slice/docker-<id>.scope`)."""
 
-    def __init__(self, root: str | None = None, rescan_s: float = 0.5) -> None:
+    def __init__(self, root: str | None = None) -> None:
         self.root = root if root is not None else cgroup2_mount()
-        self.rescan_s = rescan_s
-        self._paths: dict[int, str] = {}
-        self._misses: set[int] = set()
-        self._scanned = float("-inf")
+        self._paths: dict[int, str | None] = {}
+        self._mount_fd: int | None = None
 
     def path(self, cgroup_id: int) -> str | None:
         if not self.root or not cgroup_id:
             return None
-        found = self._paths.get(cgroup_id)
-        if found is not None or (cgroup_id in self._misses and not self._may_rescan()):
-            return found
-        if self._may_rescan():
-            self._scan()
-        found = self._paths.get(cgroup_id)
-        if found is None and len(self._misses) < _MAX_CACHE:
-            self._misses.add(cgroup_id)
-        return found
+        if cgroup_id not in self._paths:
+            if len(self._paths) >= _MAX_CACHE:
+                self._paths.clear()
+            self._paths[cgroup_id] = self._lookup(cgroup_id)
+        return self._paths[cgroup_id]
 
     def container(self, cgroup_id: int) -> Container | None:
         path = self.path(cgroup_id)
         return container_of(path) if path else None
 
-    def _may_rescan(self) -> bool:
-        return time.monotonic() - self._scanned >= self.rescan_s
-
-    def _scan(self) -> None:
-        self._scanned = time.monotonic()
-        paths: dict[int, str] = {}
-        try:
-            paths[os.stat(self.root).st_ino] = "/"
-        except OSError:
-            return
-        stack = [(self.root, "", 0)]
-        seen = 0
-        while stack and seen < _MAX_DIRS:
-            directory, rel, depth = stack.pop()
+    def _lookup(self, cgroup_id: int) -> str | None:
+        if self._mount_fd is None:
             try:
-                entries = list(os.scandir(directory))
-            except OSError:  # removed while walking
-                continue
-            for entry in entries:
-                try:
-                    if not entry.is_dir(follow_symlinks=False):
-                        continue
-                except OSError:
-                    continue
-                seen += 1
-                child = f"{rel}/{entry.name}"
-                paths[entry.inode()] = child
-                if depth + 1 < _MAX_DEPTH:
-                    stack.append((entry.path, child, depth + 1))
-        self._paths = paths
-        self._misses.clear()
+                self._mount_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                self.root = None
+                return None
+        handle = _FileHandle(8, _FILEID_KERNFS, (ctypes.c_ubyte * 8)(*cgroup_id.to_bytes(8, sys.byteorder)))
+        fd = _libc.open_by_handle_at(self._mount_fd, ctypes.byref(handle),
+                                     os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if fd < 0:  # removed already (ESTALE), or no CAP_DAC_READ_SEARCH
+            return None
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if where.endswith(" (deleted)") or not (where == self.root or where.startswith(self.root + "/")):
+            return None
+        return where[len(self.root):] or "/"
+
+    def close(self) -> None:
+        if self._mount_fd is not None:
+            os.close(self._mount_fd)
+            self._mount_fd = None

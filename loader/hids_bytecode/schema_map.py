@@ -151,7 +151,7 @@ _OCSF_COMMON = {
     "container.uid": "container.id",
     "container.runtime": "container.runtime",
     "actor.process.pid": "hdr.tgid",
-    "actor.process.tid": "hdr.pid",
+    "actor.process.ptid": "hdr.pid",
     "actor.process.name": "hdr.comm",
     "actor.process.parent_process.pid": "hdr.ppid",
     "actor.user.uid": "str:hdr.uid",

@@ -31,7 +31,7 @@ from . import interrupts
 from . import libbpf as lb
 from .attach import LoadedObject, attach_all, open_and_load, set_agent_tgid, write_agent_tgid
 from .btf_layout import Schema, schema_from_object_file
-from .errors import InvalidArgument, LoadError, NotLoaded
+from .errors import HidsError, Interrupted, InvalidArgument, LoadError, NotLoaded
 from .events import PERF_EVENT_ARRAY, RINGBUF, map_info, read_counters
 from .hostinfo import HostFacts
 from .identity import CgroupResolver, host_name
@@ -294,10 +294,15 @@ class Stream:
             self._ready.append(convert(heapq.heappop(self._pending)[2], self.format))
 
     def __iter__(self) -> Iterator[Event]:
+        """Events as they become due, forever (until close())."""
         while not self._closed:
-            while self._ready:
-                yield self._ready.pop(0)
+            yield from self.drain()
             self.poll()
+
+    def drain(self) -> list[Event]:
+        """The events due now, without waiting (for agents with their own loop around poll())."""
+        ready, self._ready = self._ready, []
+        return ready
 
     def poll(self, timeout_ms: int = _POLL_MS) -> None:
         """Wait up to `timeout_ms` for events, drain every buffer, release what is due."""
@@ -363,7 +368,9 @@ class Stream:
         if missing:
             try:
                 joined = self._open_pinned(missing)
-            except LoadError:
+            except Interrupted:
+                raise
+            except HidsError:  # a tree being rebuilt, a consumer that got there first: next second
                 joined = {}
             self._sources.update(joined)
             changed = changed or bool(joined)
@@ -390,6 +397,7 @@ class Stream:
             for source in self._sources.values():
                 source.close(self._lib)
         self._sources.clear()
+        self._cgroups.close()
 
     def __enter__(self) -> Stream:
         return self
