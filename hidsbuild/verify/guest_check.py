@@ -1,5 +1,11 @@
 """Runs inside the verification VM, never on the build host: for every object built for the running
-kernel, select it through the shipped loader, load it, attach it, trigger events and read them back.
+kernel and every CO-RE object of its arch, select it through the shipped loader, load it, attach
+it, run the workloads of its family (workloads.py) and read every declared event kind back with
+its fields checked; then detach, drain, and reconcile the in-kernel counters with the events read.
+
+A program that did not attach is n/a only when the guest's own facts prove its hook absent (its
+kprobe symbol missing from /proc/kallsyms, its tracepoint missing from tracefs); an alternative the
+loader passed over (its group attached the other family) is attached on its own to prove it could.
 
 Only the standard library and the installed `hids_bytecode` package are available here. The result
 is one JSON document printed between markers on the serial console, which `vm.py` cuts out.
@@ -11,31 +17,34 @@ import ctypes
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
+import workloads
 from hids_bytecode import libbpf as lb
 from hids_bytecode.attach import attach_all, open_and_load, write_agent_tgid
 from hids_bytecode.btf_layout import schema_from_btf
 from hids_bytecode.errors import HidsError
-from hids_bytecode.events import iter_events
+from hids_bytecode.events import PERF_EVENT_ARRAY, RINGBUF, map_info, read_counters
 from hids_bytecode.hostinfo import gather
 from hids_bytecode.integrity import read_verified
-from hids_bytecode.kallsyms import WrapperFact
+from hids_bytecode.kallsyms import KALLSYMS, WrapperFact
 from hids_bytecode.manifest import load_manifest
-from hids_bytecode.mounts import ensure_bpf_filesystems
+from hids_bytecode.mounts import TRACEFS, ensure_bpf_filesystems
 from hids_bytecode.selection import select
 
 BEGIN, END = "===HIDS-VERIFY-BEGIN===", "===HIDS-VERIFY-END==="
-EVENT_WAIT_S = 20.0
-QUIET_S = 1.5
-NO_OLD_KPROBES = ("non-wrapper syscall kprobes (sys_*) exist only on kernels older than 4.17, which Debian's "
-                  "archive no longer serves; this variant's tracepoint alternatives attached instead")
+EVENT_WAIT_S = 20.0  # after the workload exited, for a declared kind still missing
+QUIET_S = 1.5  # no new event for this long: the ring is drained
+WORKLOAD_TIMEOUT_S = 180.0
+WORKLOADS = Path(workloads.__file__)
+MODULES = Path("/opt/hids/modules")  # one module of the guest's kernel, when the image package had one
+# Programs without a declared family (test probes) get the process workload: it execs and opens.
+FALLBACK_FAMILY = "process"
 
 
 def _variant_facts(facts: Any, wrapper: bool) -> Any:
@@ -44,59 +53,208 @@ def _variant_facts(facts: Any, wrapper: bool) -> Any:
     return dataclasses.replace(facts, wrapper=fake)
 
 
-def _trigger(port: int) -> int:
-    """A child process (the agent's own tgid is filtered in-kernel) that execs, opens a file,
-    connects to 127.0.0.1 and mounts and unmounts a tmpfs, so each object has something to report."""
-    code = ("import ctypes, os, socket; open('/etc/hostname').read(); "
-            f"socket.create_connection(('127.0.0.1', {port}), timeout=5).close(); "
-            "os.makedirs('/tmp/hids-mnt', exist_ok=True); libc = ctypes.CDLL(None, use_errno=True); "
-            "libc.mount(b'none', b'/tmp/hids-mnt', b'tmpfs', 0, None) == 0 and libc.umount2(b'/tmp/hids-mnt', 0)")
-    child = subprocess.Popen([sys.executable, "-c", code])
-    child.wait(timeout=60)
-    return child.pid
+class Reader:
+    """The object's `events` map polled from this thread, in bounded steps: the loader's iterator
+    polls forever, and a check must stop, drain and close when it decides."""
+
+    def __init__(self, lib: Any, events_fd: int, schema: Any) -> None:
+        self.lib, self.schema, self.events, self.lost = lib, schema, [], 0
+        kind = map_info(lib, events_fd).type
+        if kind == RINGBUF:
+            self._callbacks = (lb.RINGBUF_SAMPLE_FN(lambda _c, data, size: self._sample(data, size) or 0),)
+            self._buf = lib.ring_buffer__new(events_fd, self._callbacks[0], None, None)
+            self._poll, self._free = lib.ring_buffer__poll, lib.ring_buffer__free
+        elif kind == PERF_EVENT_ARRAY:
+            self._callbacks = (lb.PERF_SAMPLE_FN(lambda _c, _cpu, data, size: self._sample(data, size)),
+                               lb.PERF_LOST_FN(lambda _c, _cpu, count: self._lose(count)))
+            self._buf = lib.perf_buffer__new(events_fd, 64, *self._callbacks, None, None)
+            self._poll, self._free = lib.perf_buffer__poll, lib.perf_buffer__free
+        else:
+            raise HidsError(f"map `events` has type {kind}, expected RINGBUF or PERF_EVENT_ARRAY")
+        if not self._buf:
+            raise HidsError(f"cannot open the events buffer: {lb.errno_text()[1]}")
+
+    def _sample(self, data: int, size: int) -> None:
+        self.events.append(self.schema.decode(ctypes.string_at(data, size)))
+
+    def _lose(self, count: int) -> None:
+        self.lost += count
+
+    def poll(self, ms: int = 100) -> None:
+        rc = self._poll(self._buf, ms)
+        if rc < 0 and rc != -4:  # -EINTR
+            raise HidsError(f"polling events failed: {self.lib.strerror(rc)}")
+
+    def until_quiet(self, quiet: float, limit: float, done: Any = lambda: False) -> None:
+        """Poll until `done()`, or no new event for `quiet` seconds, or `limit` seconds passed."""
+        deadline, last, since = time.monotonic() + limit, len(self.events), time.monotonic()
+        while time.monotonic() < deadline and not done():
+            self.poll()
+            if len(self.events) != last:
+                last, since = len(self.events), time.monotonic()
+            elif time.monotonic() - since > quiet:
+                return
+
+    def close(self) -> None:
+        if self._buf:
+            self._free(self._buf)
+            self._buf = None
 
 
-def _read_events(loaded: Any, schema: Any, child: int) -> dict[str, int]:
-    """Events of the trigger child by kind: read until every kind the object declares was seen, or
-    the stream went quiet after the first ones (every object declares the whole shared event set,
-    but each emits only its own kinds)."""
-    wanted = {layout.name for layout in schema.events.values()}
-    seen: dict[str, int] = {}
-    stop = threading.Event()
+class HookFacts:
+    """What this guest's kernel offers to hook, read once and only when an attach failed."""
 
-    def pump() -> None:
-        counters = loaded.map_fd("counters") if "counters" in loaded.maps else None
-        try:
-            for event in iter_events(loaded.lib, loaded.map_fd("events"), schema, counters):
-                if stop.is_set():
-                    return
-                if event.get("hdr", {}).get("tgid") == child:
-                    seen[event["event"]] = seen.get(event["event"], 0) + 1
-        except HidsError:
-            # Expected once the caller closed the object: its maps are gone and polling ends here.
-            if not stop.is_set():
-                raise
+    def __init__(self) -> None:
+        self._symbols: set[str] | None = None
 
-    threading.Thread(target=pump, daemon=True).start()
-    deadline, quiet_since, last = time.monotonic() + EVENT_WAIT_S, time.monotonic(), 0
-    while time.monotonic() < deadline and not wanted <= set(seen):
-        time.sleep(0.2)
-        total = sum(seen.values())
-        if total != last:
-            quiet_since, last = time.monotonic(), total
-        elif total and time.monotonic() - quiet_since > QUIET_S:
-            break
-    stop.set()
-    return dict(seen)
+    def symbols(self) -> set[str]:
+        if self._symbols is None:
+            with KALLSYMS.open(errors="replace") as lines:
+                self._symbols = {f[2] for f in (line.split() for line in lines) if len(f) > 2}
+        return self._symbols
+
+    def absent(self, section: str) -> str | None:
+        """Why the hook of `section` cannot exist on this kernel, from its facts; None if it exists."""
+        kind, _, target = section.partition("/")
+        if kind in ("kprobe", "kretprobe"):
+            if not (TRACEFS / "kprobe_events").exists():
+                return f"the guest's kernel has no kprobes (no kprobe_events in {TRACEFS})"
+            if target not in self.symbols():
+                return f"{target} is not in the guest's {KALLSYMS}"
+            return None
+        if kind in ("tracepoint", "tp"):
+            if not (TRACEFS / "events" / target).is_dir():
+                return f"no tracepoint {target} in the guest's tracefs ({TRACEFS}/events/{target})"
+            return None
+        if kind in ("raw_tracepoint", "raw_tp"):
+            if not any((TRACEFS / "events").glob(f"*/{target}")):
+                return f"no tracepoint named {target} in the guest's tracefs ({TRACEFS}/events/*/{target})"
+        return None
 
 
-def _check(entry: Any, facts: Any, listener: socket.socket) -> dict[str, Any]:
-    row: dict[str, Any] = {"unit": entry.unit, "program": entry.program, "variant": entry.raw["variant"],
-                           "select": "fail", "load": "not run", "attach": "not run", "event": "not run",
-                           "programs": [], "events": {}, "error": "", "verifier_log": ""}
+def _programs(loaded: Any, reports: list[Any], hooks: HookFacts) -> list[dict[str, str]]:
+    """Per program: attached (in the checked path), attached alone (an alternative the loader
+    passed over, attached now by itself and detached), n/a (its hook proven absent) or failed."""
+    rows = []
+    for report in reports:
+        row = {"program": report.name, "section": report.section, "status": report.status,
+               "message": report.message, "proof": "failed"}
+        if report.status == "attached":
+            row["proof"] = "attached"
+        else:
+            link = 0
+            if report.status == "skipped":
+                with lb.capture():
+                    link = loaded.lib.bpf_program__attach(loaded.programs[report.name])
+            if link:
+                loaded.lib.bpf_link__destroy(link)
+                row["proof"] = "attached alone"
+            else:
+                why = hooks.absent(report.section)
+                if why:
+                    row.update(status="n/a", proof="n/a", message=why)
+        rows.append(row)
+    return rows
+
+
+def _workload(family: str, unit: str) -> subprocess.Popen:
+    """`family`'s workload started in its own process, to be polled while it runs."""
+    work = f"/tmp/hids-work/{unit.replace('/', '_')}"
+    module = next(iter(sorted(MODULES.glob("*.ko"))), None)
+    cmd = [sys.executable, "-B", str(WORKLOADS), family, work] + ([str(module)] if module else [])
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kind_checks(family: str | None, facts: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each declared kind: ok when every expectation of it matched one event of the workload."""
+    checks: dict[str, Any] = {}
+    for want in workloads.expectations(family, facts) if family else []:
+        hits = [e for e in events if want.matches(e)]
+        mine = [e for e in events if e.get("event") == want.kind and e.get("hdr", {}).get("tgid") == want.tgid]
+        check = checks.setdefault(want.kind, {"status": "ok", "count": 0, "expected": [], "got": []})
+        check["count"] += len(hits)
+        check["expected"].append(want.describe())
+        if not hits:
+            check["status"] = "fail"
+            check["got"].extend({k: v for k, v in e.items() if k != "hdr"} for e in mine[:2])
+    return checks
+
+
+def _reconcile(lib: Any, loaded: Any, schema: Any, reader: Reader) -> dict[str, Any]:
+    """With every link gone and the ring drained, `counters` must equal the events read, per type."""
+    for link in loaded.links.values():
+        lib.bpf_link__destroy(link)
+    loaded.links.clear()
+    reader.until_quiet(0.6, 10.0)
+    if "counters" not in loaded.maps:
+        return {"status": "n/a", "reason": "the object has no counters map"}
+    counted = read_counters(lib, loaded.map_fd("counters"), schema)
+    read: dict[str, int] = {}
+    for event in reader.events:
+        read[event["event"]] = read.get(event["event"], 0) + 1
+    emitted = {kind: c.get("emitted", 0) for kind, c in counted.items() if c.get("emitted")}
+    dropped = {kind: c.get("dropped", 0) for kind, c in counted.items() if c.get("dropped")}
+    ok = emitted == read and not reader.lost
+    return {"status": "ok" if ok else "fail", "emitted": emitted, "read": read, "dropped": dropped,
+            "lost": reader.lost}
+
+
+def _exercise(loaded: Any, lib: Any, entry: Any, row: dict[str, Any]) -> None:
+    schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
+    family = entry.program if entry.program in workloads.DECLARED else None
+    reader = Reader(lib, loaded.map_fd("events"), schema)
     try:
-        choice = select(load_manifest(), _variant_facts(facts, entry.wrapper), entry.program,
-                        debug=entry.debug, strict=True)
+        proc = _workload(family or FALLBACK_FAMILY, entry.unit)
+        deadline = time.monotonic() + WORKLOAD_TIMEOUT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            reader.poll()
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            row["error"] = f"workload {family or FALLBACK_FAMILY} failed: " + " | ".join(err.strip().splitlines()[-3:])
+            return
+        facts = json.loads(out)
+        row["workload"] = {k: v for k, v in facts.items() if k.startswith("module")}
+        pids = set(facts["pids"])
+        wanted = set(workloads.DECLARED.get(entry.program, ()))
+
+        def proved() -> bool:
+            return wanted <= {e["event"] for e in reader.events if e.get("hdr", {}).get("tgid") in pids}
+
+        reader.until_quiet(QUIET_S, EVENT_WAIT_S, proved)
+        mine = [e for e in reader.events if e.get("hdr", {}).get("tgid") in pids]
+        for event in mine:
+            row["events"][event["event"]] = row["events"].get(event["event"], 0) + 1
+        row["kinds"] = _kind_checks(family, facts, mine)
+        row["counters"] = _reconcile(lib, loaded, schema, reader)
+        bad = [k for k, c in row["kinds"].items() if c["status"] != "ok"]
+        if family is None:
+            ok = bool(row["events"])
+        else:
+            ok = not bad and row["counters"]["status"] != "fail"
+        row["event"] = "ok" if ok else "fail"
+        if bad:
+            row["error"] = row["error"] or f"not proved: {', '.join(bad)}"
+        elif not ok and family:
+            row["error"] = row["error"] or f"counters do not reconcile: {row['counters']}"
+        elif not ok:
+            row["error"] = row["error"] or f"no event of the workload within {EVENT_WAIT_S:.0f}s"
+    finally:
+        reader.close()
+
+
+def _check(entry: Any, facts: Any, manifest: Any, hooks: HookFacts) -> dict[str, Any]:
+    row: dict[str, Any] = {"unit": entry.unit, "program": entry.program, "kind": entry.kind,
+                           "variant": entry.raw["variant"], "select": "fail", "load": "not run", "attach": "not run",
+                           "event": "not run", "programs": [], "events": {}, "kinds": {}, "counters": {},
+                           "error": "", "verifier_log": ""}
+    # CO-RE is what a host without an exact build gets: selected from the CO-RE entries alone.
+    pool = manifest if entry.kind == "exact" else dataclasses.replace(
+        manifest, entries=tuple(e for e in manifest.entries if e.kind == "core"))
+    try:
+        choice = select(pool, _variant_facts(facts, entry.wrapper), entry.program, debug=entry.debug,
+                        strict=entry.kind == "exact")
     except HidsError as exc:
         row["error"] = f"selection: {exc}"
         return row
@@ -119,19 +277,16 @@ def _check(entry: Any, facts: Any, listener: socket.socket) -> dict[str, Any]:
         except HidsError as exc:
             row.update(attach="fail", error=str(exc))
             reports = loaded.reports
-        row["programs"] = [_program_row(r, entry.wrapper) for r in reports]
+        row["programs"] = _programs(loaded, reports, hooks)
         if row["attach"] != "fail":
-            failed = [p for p in row["programs"] if p["status"] == "failed"]
+            failed = [p for p in row["programs"] if p["proof"] == "failed"]
             row["attach"] = "fail" if failed else "ok"
             if failed:
-                row["error"] = f"{failed[0]['program']}: {failed[0]['message']}"
+                row["error"] = f"{failed[0]['program']}: {failed[0]['message'] or failed[0]['status']}"
         if loaded.links:
-            schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
-            child = _trigger(listener.getsockname()[1])
-            row["events"] = _read_events(loaded, schema, child)
-            row["event"] = "ok" if row["events"] else "fail"
-            if not row["events"] and not row["error"]:
-                row["error"] = f"no event of the trigger process within {EVENT_WAIT_S:.0f}s"
+            _exercise(loaded, lib, entry, row)
+            if row["event"] == "not run":
+                row["event"] = "fail"
     finally:
         loaded.close()
     return row
@@ -149,13 +304,6 @@ def _full_log(lib: Any, data: bytes) -> str:
     return "\n".join(text for _, text in log)
 
 
-def _program_row(report: Any, wrapper: bool) -> dict[str, str]:
-    status, message = report.status, report.message
-    if not wrapper and report.family == "kprobe" and status in ("not supported by this kernel", "skipped"):
-        status, message = "n/a", NO_OLD_KPROBES
-    return {"program": report.name, "section": report.section, "status": status, "message": message}
-
-
 def main() -> int:
     doc: dict[str, Any] = {"uname": os.uname().release, "machine": os.uname().machine, "rows": [], "error": ""}
     try:
@@ -163,14 +311,15 @@ def main() -> int:
         facts = gather()
         manifest = load_manifest()
         doc["btf"] = facts.btf
-        entries = [e for e in manifest.entries
-                   if e.kind == "exact" and e.release == facts.release and e.arch == facts.arch]
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        for entry in sorted(entries, key=lambda e: e.unit):
+        doc["module"] = [p.name for p in sorted(MODULES.glob("*.ko"))]
+        entries = [e for e in manifest.entries if e.arch == facts.arch
+                   and (e.kind == "core" or (e.kind == "exact" and e.release == facts.release))]
+        hooks = HookFacts()
+        for entry in sorted(entries, key=lambda e: (e.kind != "exact", e.unit)):
             print(f"hids-verify: {entry.unit}", flush=True)
-            doc["rows"].append(_check(entry, facts, listener))
+            started = time.monotonic()
+            doc["rows"].append(_check(entry, facts, manifest, hooks))
+            doc["rows"][-1]["seconds"] = round(time.monotonic() - started, 1)
     except Exception as exc:  # the host must always get a document, whatever broke in here
         doc["error"] = f"{type(exc).__name__}: {exc}"
         doc["traceback"] = traceback.format_exc()

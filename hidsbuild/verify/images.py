@@ -4,11 +4,16 @@ its vmlinuz and config extracted once and cached by package, version and arch.
 Debian up to trixie ships both in the image package's /boot. Newer suites split the image: the
 `linux-image-<release>` package only depends on `linux-binary-<release>` (vmlinuz) and
 `linux-base-<release>` (config), both under /usr/lib/modules/<release>/; those are followed.
+
+One module is kept too, for the guest's module_load workload (the initramfs carries no module tree):
+a small one without dependencies, decompressed, so finit_module(2) loads it as it is.
 """
 
 from __future__ import annotations
 
+import lzma
 import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -31,10 +36,16 @@ REQUIRED_BUILTINS = {
 }
 
 
+# Tried first, in order: tiny modules whose init only registers a table or an algorithm.
+_MODULE_PREFERRED = ("fs/nls/nls_iso8859-1", "fs/nls/nls_utf8", "lib/crc-itu-t", "crypto/michael_mic")
+_MODULE_DIRS = ("fs", "crypto", "lib")  # else the smallest dependency-free module under these
+
+
 @dataclass(frozen=True)
 class KernelImage:
     vmlinuz: Path
     config: Path
+    module: Path | None = None  # a dependency-free module of this kernel, uncompressed (None: none found)
 
     def missing_builtins(self, arch: str) -> list[str]:
         """Options the guest needs that this kernel has as a module or not at all."""
@@ -76,8 +87,41 @@ def _unpack(deb: Path, tree: Path) -> None:
 
 
 def _cached(image: KernelImage) -> bool:
-    """Both files present and unchanged since they were extracted (a changed one is discarded)."""
-    return all(read_checked(path, f"kernel {path.suffix[1:]}") is not None for path in (image.config, image.vmlinuz))
+    """Files present and unchanged since they were extracted (a changed one is discarded), and the
+    module decided: extracted, or recorded as absent from the package."""
+    files = (image.config, image.vmlinuz) + ((image.module,) if image.module else ())
+    return all(read_checked(path, f"kernel {path.suffix[1:]}") is not None for path in files)
+
+
+def _module_bytes(path: Path) -> bytes | None:
+    data = path.read_bytes()
+    if path.name.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".ko.zst"):
+        if shutil.which("zstd") is None:
+            return None
+        return subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+    return data if path.name.endswith(".ko") else None
+
+
+def _no_depends(data: bytes) -> bool:
+    return b"\0depends=\0" in data or data.startswith(b"depends=\0")
+
+
+def _pick_module(tree: Path) -> tuple[str, bytes] | None:
+    """(file name, uncompressed bytes) of a small module that depends on no other module."""
+    roots = [d for pattern in ("usr/lib/modules/*/kernel", "lib/modules/*/kernel") for d in sorted(tree.glob(pattern))]
+    found = {str(p.relative_to(root)).split(".ko")[0]: p for root in roots for p in root.rglob("*.ko*")}
+    for rel in _MODULE_PREFERRED:
+        data = _module_bytes(found[rel]) if rel in found else None
+        if data and _no_depends(data):
+            return Path(rel).name + ".ko", data
+    for rel, path in sorted(found.items(), key=lambda kv: kv[1].stat().st_size):
+        if rel.split("/", 1)[0] in _MODULE_DIRS:
+            data = _module_bytes(path)
+            if data and _no_depends(data):
+                return Path(rel).name + ".ko", data
+    return None
 
 
 def fetch_image(apt: PrivateApt, kernel: Kernel, cache: Path) -> KernelImage:
@@ -94,8 +138,12 @@ def fetch_image(apt: PrivateApt, kernel: Kernel, cache: Path) -> KernelImage:
 
 def _fetch(apt: PrivateApt, kernel: Kernel, ref: PackageRef, cache: Path) -> KernelImage:
     stem = cache / "verify" / "images" / f"{ref.name}_{ref.version}_{ref.deb_arch}"
-    image = KernelImage(stem.with_name(stem.name + ".vmlinuz"), stem.with_name(stem.name + ".config"))
-    if _cached(image):
+    modules = stem.with_name(stem.name + ".modules")
+    no_module = modules / "none"
+    known = sorted(modules.glob("*.ko"))
+    image = KernelImage(stem.with_name(stem.name + ".vmlinuz"), stem.with_name(stem.name + ".config"),
+                        known[0] if known else None)
+    if (known or no_module.is_file()) and _cached(image):
         return image
     stem.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hids-image-", dir=stem.parent) as tmp:
@@ -111,4 +159,11 @@ def _fetch(apt: PrivateApt, kernel: Kernel, ref: PackageRef, cache: Path) -> Ker
                                      f"hold no {'vmlinuz' if vmlinuz is None else 'config'}")
         write_checked(image.config, config.read_bytes())
         write_checked(image.vmlinuz, vmlinuz.read_bytes())
-    return image
+        shutil.rmtree(modules, ignore_errors=True)
+        modules.mkdir()
+        picked = _pick_module(tree)
+        if picked is None:
+            no_module.write_text(f"{deb.name} holds no dependency-free module under {', '.join(_MODULE_DIRS)}\n")
+            return KernelImage(image.vmlinuz, image.config)
+        write_checked(modules / picked[0], picked[1])
+    return KernelImage(image.vmlinuz, image.config, modules / picked[0])

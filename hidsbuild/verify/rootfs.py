@@ -29,6 +29,8 @@ GUEST_SUITE = "bookworm"
 GUEST_PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libbpf1", "iproute2")
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 GUEST_CHECK = Path(__file__).resolve().parent / "guest_check.py"
+GUEST_WORKLOADS = Path(__file__).resolve().parent / "workloads.py"  # imported by guest_check, beside it
+GUEST_MODULES = "/opt/hids/modules"  # guest_check.MODULES
 GUEST_SITE = "/opt/hids/site"
 # Never read by the checks and a third of the root: apt lists, docs, locales, perl (dpkg's scripts never run).
 _PRUNE = ("var/lib/apt/lists", "var/cache/apt", "debootstrap", "usr/share/doc", "usr/share/man",
@@ -91,12 +93,15 @@ def base_archive(arch: str, cache: Path) -> Path:
     return dest
 
 
-def payload_archive(site: Path, arch: str, cache: Path) -> Path:
-    """The per-run archive: the installed loader package tree at GUEST_SITE, the checks and /init."""
+def payload_archive(site: Path, arch: str, cache: Path, module: Path | None = None) -> Path:
+    """The per-run archive: the installed loader package tree at GUEST_SITE, the checks and their
+    workloads, /init, and `module` (a module of the guest's kernel for the module_load workload)."""
     init = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                        keep_trailing_newline=True).get_template("guest-init.sh.j2").render(
         site=GUEST_SITE, check="/opt/hids/guest_check.py")
-    h = hashlib.sha256(init.encode() + GUEST_CHECK.read_bytes() + arch.encode())
+    h = hashlib.sha256(init.encode() + GUEST_CHECK.read_bytes() + GUEST_WORKLOADS.read_bytes() + arch.encode())
+    if module is not None:
+        h.update(b"module\0" + module.name.encode() + b"\0" + module.read_bytes())
     for path in sorted(p for p in site.rglob("*") if p.is_file()):
         h.update(str(path.relative_to(site)).encode() + b"\0" + path.read_bytes())
     dest = cache / "verify" / "payload" / f"{h.hexdigest()[:16]}.cpio.gz"
@@ -107,16 +112,20 @@ def payload_archive(site: Path, arch: str, cache: Path) -> Path:
         root = Path(tmp)
         shutil.copytree(site, root / GUEST_SITE.lstrip("/"), ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(GUEST_CHECK, root / "opt/hids/guest_check.py")
+        shutil.copy(GUEST_WORKLOADS, root / "opt/hids/workloads.py")
+        if module is not None:
+            (root / GUEST_MODULES.lstrip("/")).mkdir(parents=True)
+            shutil.copy(module, root / GUEST_MODULES.lstrip("/") / module.name)
         (root / "init").write_text(init)
         (root / "init").chmod(0o755)
         _cpio_gz(root, dest)
     return dest
 
 
-def initramfs(site: Path, arch: str, cache: Path, dest: Path) -> Path:
+def initramfs(site: Path, arch: str, cache: Path, dest: Path, module: Path | None = None) -> Path:
     """The cached base and payload archives concatenated into dest: qemu takes one -initrd file."""
     with dest.open("wb") as out:
-        for part in (base_archive(arch, cache), payload_archive(site, arch, cache)):
+        for part in (base_archive(arch, cache), payload_archive(site, arch, cache, module)):
             with part.open("rb") as src:
                 shutil.copyfileobj(src, out)
     return dest
