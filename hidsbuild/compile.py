@@ -1,16 +1,19 @@
 """Where a compile runs: a batch of units (one kernel's) inside one toolchain container.
 
 The container runs templates/compile_unit.sh for every unit with `xargs -P <cores>`, so a
-kernel's units share one container start and every core. The host watches the bind-mounted
+kernel's units share one container start and every core; first it precompiles the headers
+that two or more of the batch's units share (hidsbuild/pch.py), once each. The host watches the bind-mounted
 output directory and validates and caches each object as soon as its unit finishes; a unit
 whose object is cut or invalid fails and leaves nothing in the cache.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +23,15 @@ import docker
 from . import containers
 from .cache import CachedObject, ObjectCache
 from .owners import make_scratch
+from .pch import SharedHeader, shared_header
 from .toolchain import ToolchainImage
-from .units import Unit
+from .units import PCH_EXCLUDED_MACROS, Unit, pch_args
 from .validate import InvalidObject, validate_object
 
 __all__ = ["Job", "Outcome", "run_batch"]
 
 _POLL_SECONDS = 0.1
+log = logging.getLogger("hidsbuild")
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,13 @@ class Outcome:
     compile_ns: int = 0
     error: str = ""
     object: CachedObject | None = field(default=None, repr=False)
+    pch: bool = False  # compiled with a precompiled header
 
 
 def _finish(job: Job, out: Path, image: ToolchainImage, cache: ObjectCache) -> Outcome:
     stderr = (out / "stderr").read_text(errors="replace") if (out / "stderr").exists() else ""
     try:
-        status_text, ns_text = (out / "result").read_text().split()
+        status_text, ns_text, how = (out / "result").read_text().split()
         compile_ns = int(ns_text)
     except ValueError:
         return Outcome(job, "failed", 0, f"the unit's result record is malformed: {stderr.strip()}")
@@ -72,7 +78,40 @@ def _finish(job: Job, out: Path, image: ToolchainImage, cache: ObjectCache) -> O
         "compile_ns": compile_ns,
         "warnings": stderr.strip(),
     }
-    return Outcome(job, "built", compile_ns, object=cache.put(job.key, data, meta))
+    return Outcome(job, "built", compile_ns, object=cache.put(job.key, data, meta), pch=how == "pch")
+
+
+def _shared_headers(jobs: list[Job], sources: Path) -> dict[int, SharedHeader]:
+    """Job index -> the precompiled header it uses, for headers two or more jobs share."""
+    texts = {job.unit.program.name: (sources / f"{job.unit.program.name}.c").read_text() for job in jobs}
+    headers = {i: shared_header(texts[job.unit.program.name], pch_args(job.args), PCH_EXCLUDED_MACROS)
+               for i, job in enumerate(jobs)}
+    users = Counter(h.id for h in headers.values() if h)
+    return {i: h for i, h in headers.items() if h and users[h.id] > 1}
+
+
+def _write_headers(workdir: Path, headers: dict[int, SharedHeader]) -> None:
+    for header in {h.id: h for h in headers.values()}.values():
+        path = workdir / "pch" / header.id
+        path.mkdir(parents=True)
+        (path / "header.h").write_text(header.text)
+        (path / "args").write_text("\n".join(header.args) + "\n")
+        (path / "excluded").write_text("\n".join(PCH_EXCLUDED_MACROS) + "\n")
+
+
+def _pch_ns(workdir: Path) -> int:
+    """Nanoseconds the batch spent precompiling headers; a header that failed is logged (its
+    units compiled without it)."""
+    total = 0
+    for path in sorted((workdir / "pch").glob("*/result")):
+        status, ns = path.read_text().split()
+        total += int(ns)
+        if status != "0":
+            readers = (path.parent / "readers").read_text().splitlines() if (path.parent / "readers").exists() else []
+            why = f"a header tests a variant macro's value: {' | '.join(readers[:3])}" if status == "excluded" else \
+                (path.parent / "stderr").read_text(errors="replace").strip()[-300:]
+            log.warning("precompiled header %s not used (%s): %s", path.parent.name, status, why)
+    return total
 
 
 def run_batch(
@@ -86,22 +125,31 @@ def run_batch(
     on_done: Callable[[Outcome], None],
     stop: threading.Event,
     parallel: int | None = None,
-) -> None:
+    pch: bool = True,
+) -> int:
     """Compile `jobs` in one container; `mounts` maps host dirs to read-only container paths.
-    Each outcome goes to `on_done` as soon as its unit finishes; `stop` kills the container."""
+    Each outcome goes to `on_done` as soon as its unit finishes; `stop` kills the container.
+    Returns the nanoseconds spent precompiling shared headers (not part of any unit's time);
+    `pch=False` compiles every unit from its source alone (same objects, slower)."""
     parallel = parallel or os.cpu_count() or 1
     workdir = make_scratch(scratch, "batch")
     pending: dict[str, Job] = {}
     try:
+        headers = _shared_headers(jobs, sources) if pch else {}
+        (workdir / "pch").mkdir()
+        _write_headers(workdir, headers)
         for index, job in enumerate(jobs):
             name = f"u{index:04d}"
             (workdir / name).mkdir()
             (workdir / name / "args").write_text("\n".join(job.args) + "\n")
+            if index in headers:
+                (workdir / name / "pch").write_text(headers[index].id)
             pending[name] = job
         volumes = {str(sources): {"bind": "/src", "mode": "ro"}, str(workdir): {"bind": "/out", "mode": "rw"}}
         volumes.update({str(host): {"bind": path, "mode": "ro"} for host, path in mounts.items()})
         # Per-unit errors land in /out/<unit>/stderr; this file catches the shell's and xargs' own.
-        script = f"ls /out | grep '^u' | xargs -P {parallel} -n 1 compile_unit.sh 2> /out/batch.stderr"
+        script = (f"{{ ls /out/pch | xargs -r -P {parallel} -n 1 compile_unit.sh --pch; "
+                  f"ls /out | grep '^u' | xargs -P {parallel} -n 1 compile_unit.sh; }} 2> /out/batch.stderr")
         container = containers.start(client, image.tag, ["sh", "-c", script], volumes)
 
         def collect() -> None:
@@ -130,5 +178,6 @@ def run_batch(
         for name in sorted(pending):
             on_done(Outcome(pending.pop(name), "failed",
                             error=f"container exited ({exit_status[0] if exit_status else '?'}) before this unit ran: {stderr}"))
+        return _pch_ns(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -43,6 +43,7 @@ class BuildOptions:
     shard: tuple[int, int] | None = None
     parallel: int | None = None
     rebuild_toolchain: bool = False  # build the image anew, without docker's layer cache
+    pch: bool = True  # precompile the headers a kernel's units share; False only to prove the objects the same
 
 
 @dataclass
@@ -50,6 +51,7 @@ class BuildResult:
     outcomes: list[Outcome] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[Unit, str]] = field(default_factory=list)  # units that cannot run, with the reason
+    pch_ns: dict[str, int] = field(default_factory=dict)  # target -> time spent precompiling its shared headers
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -306,8 +308,10 @@ def _compile(client: Any, image: ToolchainImage, opts: BuildOptions, planner: _P
                     mounts = {root: f"{HEADERS_DIR}/{i}" for i, root in enumerate(headers.packages)}
                 else:
                     mounts = {planner.btf_header(unit.arch).parent: f"{BTF_DIR}/{unit.arch}"}
-                run_batch(client, image, jobs, src_dir, mounts, cache, opts.cache_dir / "tmp", done, stop,
-                          opts.parallel)
+                pch_ns = run_batch(client, image, jobs, src_dir, mounts, cache, opts.cache_dir / "tmp", done, stop,
+                                   opts.parallel, opts.pch)
+                with lock:
+                    result.pch_ns[unit.target] = pch_ns
 
             cores = opts.parallel or os.cpu_count() or 1
             pool = ThreadPoolExecutor(max_workers=max(1, min(len(batches), cores)))

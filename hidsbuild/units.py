@@ -83,6 +83,20 @@ def _variant_defines(variant: Variant) -> list[str]:
     return [f"-DUSE_SYSCALL_WRAPPER={int(variant.syscall_wrapper)}", f"-DDEBUG={int(variant.debug)}"]
 
 
+# Variant macros left off a precompiled header's command line, so that one PCH per kernel serves
+# every variant. Kernel headers test whether DEBUG is defined (printk.h, dynamic_debug.h), so the
+# PCH defines them while it parses and undefines them after (hidsbuild/pch.py); compile_unit.sh
+# drops a PCH when a file it read tests one's value.
+PCH_EXCLUDED_MACROS = ("USE_SYSCALL_WRAPPER", "DEBUG")
+
+
+def pch_args(args: list[str]) -> list[str]:
+    """The arguments of the precompiled header that units with `args` may share: theirs without
+    the source (always last) and the excluded variant macros."""
+    excluded = tuple(f"-D{m}=" for m in PCH_EXCLUDED_MACROS)
+    return [a for a in args[:-1] if not a.startswith(excluded)]
+
+
 def compile_args(unit: Unit, headers: KernelHeaders | None, clang_major: int) -> list[str]:
     """clang arguments for the unit, minus `-emit-llvm -c -o OUT` which the runner adds."""
     source = f"{SRC_DIR}/{unit.program.name}.c"

@@ -1,20 +1,61 @@
 #!/bin/sh
 # Compiles one unit inside the toolchain container: clang -> LLVM IR -> llc -> BPF object,
 # then strips DWARF (keeping .BTF/.BTF.ext). Writes the object, the compiler's stderr and the
-# pure compile time (ns) under /out/<unit>/; a failure in any step fails the unit.
-# Usage: compile_unit.sh UNIT_DIR  (UNIT_DIR holds `args`: clang arguments, one per line)
+# pure compile time (ns) under /out/<unit>/ (`result`: status, ns, pch|plain); a failure in any
+# step fails the unit.
+# Usage: compile_unit.sh UNIT_DIR   (UNIT_DIR holds `args`: clang arguments, one per line, and
+#                                    optionally `pch`: the id of a shared header built below)
+#        compile_unit.sh --pch ID   (/out/pch/ID holds `header.h`, `args` and `excluded`:
+#                                    precompiles the header to /tmp/pch/ID.pch; see docs/DESIGN.md)
+# A unit whose PCH is missing or fails compiles without it: the PCH only saves time, the
+# object is the same either way.
 set -u
+
+if [ "$1" = "--pch" ]; then
+  dir="/out/pch/$2"
+  pch="/tmp/pch/$2.pch"
+  mkdir -p /tmp/pch
+  start=$(date +%s%N)
+  status=0
+  xargs -d '\n' -a "$dir/args" clang -MD -MF "$dir/deps" -x c-header "$dir/header.h" -o "$pch.tmp" \
+    2> "$dir/stderr" || status=$?
+  # The excluded variant macros are defined (0) while the PCH is parsed and get their value only
+  # after it: no file it read may test that value (#if/#elif naming one outside defined()).
+  if [ "$status" = 0 ] && sed 's/\\$//; s/^[^:]*://' "$dir/deps" | tr ' ' '\n' | grep . |
+      xargs -r grep -h -E '^[[:space:]]*#[[:space:]]*(el)?if([^a-z_]|$)' |
+      sed -E 's/defined[[:space:]]*[(]?[[:space:]]*[A-Za-z_0-9]+[[:space:]]*[)]?//g' |
+      grep -w -F -f "$dir/excluded" > "$dir/readers"; then
+    status=excluded
+  fi
+  [ "$status" = 0 ] && mv "$pch.tmp" "$pch"
+  end=$(date +%s%N)
+  rm -f "$pch.tmp"
+  echo "$status $((end - start))" > "$dir/result.tmp" && mv "$dir/result.tmp" "$dir/result"
+  exit 0
+fi
+
 dir="$1"
 out="/out/$dir"
-start=$(date +%s%N)
-status=0
-{
-  xargs -d '\n' -a "$out/args" clang -emit-llvm -c -o "$out/unit.bc" &&
+pch=""
+if [ -f "$out/pch" ] && [ -f "/tmp/pch/$(cat "$out/pch").pch" ]; then
+  pch="/tmp/pch/$(cat "$out/pch").pch"
+fi
+
+compile() {  # extra clang arguments
+  xargs -d '\n' -a "$out/args" clang "$@" -emit-llvm -c -o "$out/unit.bc" &&
   llc -march=bpf -mcpu=v2 -filetype=obj -o "$out/unit.o.tmp" "$out/unit.bc" &&
   llvm-strip -g "$out/unit.o.tmp" &&
   mv "$out/unit.o.tmp" "$out/unit.o"
-} 2> "$out/stderr" || status=$?
+}
+
+start=$(date +%s%N)
+status=0
+how=pch
+if [ -z "$pch" ] || ! compile -include-pch "$pch" 2> "$out/stderr"; then
+  how=plain
+  compile 2> "$out/stderr" || status=$?
+fi
 end=$(date +%s%N)
 rm -f "$out/unit.bc" "$out/unit.o.tmp"
 # The host polls for `result`: rename it into place so it is never seen half-written.
-echo "$status $((end - start))" > "$out/result.tmp" && mv "$out/result.tmp" "$out/result"
+echo "$status $((end - start)) $how" > "$out/result.tmp" && mv "$out/result.tmp" "$out/result"
