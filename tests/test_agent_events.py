@@ -261,6 +261,12 @@ def test_container_id_patterns(path: str, expected: Container | None) -> None:
     assert container_of(path) == expected
 
 
+def test_package_stream_stays_the_function_once_the_stream_module_is_loaded() -> None:
+    import hids_bytecode
+    import hids_bytecode.eventstream  # noqa: F401  (a submodule import sets a package attribute)
+    assert hids_bytecode.stream.__module__ == "hids_bytecode.api" and callable(hids_bytecode.stream)
+
+
 def test_walltime_tracks_the_realtime_clock() -> None:
     clock = WallClock()
     now_wall = time.clock_gettime_ns(time.CLOCK_REALTIME)

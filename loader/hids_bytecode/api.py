@@ -3,7 +3,7 @@
     facts = hostinfo.gather(); choice = choose("file", facts)
     result = load("file")            # select, verify, load, attach, pin
     for event in watch("file"): ...  # decoded events as dicts; this process is the ring's one consumer
-    with stream(["process", "file"], format="ecs") as s:  # several families, one process (stream.py)
+    with stream(["process", "file"], format="ecs") as s:  # several families, one process (eventstream.py)
         for event in s: ...
     unload("file")
 
@@ -40,8 +40,8 @@ from .runtime_compile import compile_plan
 from .selection import Choice, select
 from .trust import TrustPolicy
 
-if TYPE_CHECKING:  # stream.py is imported when used: `select` starts without it
-    from .stream import Stream
+if TYPE_CHECKING:  # eventstream.py is imported when used: `select` starts without it
+    from .eventstream import Stream
 
 __all__ = ["Options", "LoadResult", "choose", "object_for", "load", "unload", "watch", "stream", "host_facts"]
 
@@ -179,11 +179,11 @@ def watch(program: str, options: Options = Options(), facts: HostFacts | None = 
 def stream(programs: list[str] | None = None, format: str = "raw", options: Options = Options(),
            facts: HostFacts | None = None, window_ms: int = 50, lost_records: bool = True) -> Stream:
     """Events of several programs (default: every program of the manifest) from this process, as
-    `raw`, `ecs` or `ocsf` dicts, merged in timestamp order within `window_ms` (stream.py).
+    `raw`, `ecs` or `ocsf` dicts, merged in timestamp order within `window_ms` (eventstream.py).
 
         with stream(["process", "file"], format="ecs") as s:
             for event in s: ...          # s.counters(), s.lost, s.sources
     """
-    from .stream import Stream
+    from .eventstream import Stream
     return Stream(programs, format, options, facts or host_facts(options), window_ms, lost_records)
 

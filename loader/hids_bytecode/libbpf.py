@@ -89,7 +89,6 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__new": (_vp, [_int, RINGBUF_SAMPLE_FN, _vp, _vp]),
     "ring_buffer__poll": (_int, [_vp, _int]),
     "ring_buffer__free": (None, [_vp]),
-    "ring_buffer__add": (_int, [_vp, _int, RINGBUF_SAMPLE_FN, _vp]),
     "ring_buffer__consume": (_int, [_vp]),
     "ring_buffer__epoll_fd": (_int, [_vp]),
     "perf_buffer__new": (_vp, [_int, _sz, PERF_SAMPLE_FN, PERF_LOST_FN, _vp, _vp]),

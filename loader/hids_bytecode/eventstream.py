@@ -2,8 +2,10 @@
 
 Each program is read from its pins when loaded (this process then holds every such program's
 consumer lock, docs/PINS.md, and writes its own tgid into each `config`, cleared on close), else
-loaded and attached for the stream's lifetime. All ring buffers share one libbpf `ring_buffer`
-(ring_buffer__add); perf buffers (kernels < 5.8) get one `perf_buffer` each; one epoll waits on all.
+loaded and attached for the stream's lifetime. Each ring buffer gets a libbpf `ring_buffer`, each
+perf buffer (kernels < 5.8) a `perf_buffer`, and one epoll waits on all of them. A round reads at
+most _BUDGET records per ring (libbpf stops when the callback says so), so a flooded ring can
+neither starve the others nor keep the process inside libbpf, where signals are held, for long.
 
 Ordering: each ring delivers its events in the order they were committed. The stream merges the
 rings by the kernel timestamp (`hdr.ts_ns`, CLOCK_MONOTONIC): an event is held until it is
@@ -46,6 +48,8 @@ __all__ = ["Stream", "Source", "Event"]
 Event = dict[str, Any]
 _PERF_PAGES = 64
 _POLL_MS = 20
+_BUDGET = 2048  # records per ring per round
+_EAGAIN = 11
 _HOUSEKEEPING_NS = 1_000_000_000  # counters, lost reports, reload checks: once a second
 
 
@@ -108,6 +112,8 @@ class Stream:
         self._ready: list[Event] = []
         self._seq = 0
         self._buffers: list[tuple[int, Any, Any]] = []  # (handle, consume, free)
+        self._taken = 0  # records read from the ring being consumed, this round
+        self._backlog = False  # a ring had more than a round's budget
         self._callbacks: list[Any] = []
         self._epoll: select.epoll | None = None
         self._last_housekeeping = 0
@@ -197,39 +203,31 @@ class Stream:
 
     # ----------------------------------------------------------------------------- buffers
     def _rebuild_buffers(self) -> None:
-        """One ring_buffer for every ring, one perf_buffer per perf array, one epoll over them."""
+        """A ring_buffer per ring, a perf_buffer per perf array, one epoll over them all."""
         self._free_buffers()
         lib = self._lib
         self._epoll = select.epoll()
-        sources = list(self._sources.values())
-        ring = None
-        for index, source in enumerate(sources):
+        for source in self._sources.values():
             kind = map_info(lib, source.events_fd).type
-            ctx = ctypes.c_void_p(index + 1)
             if kind == RINGBUF:
                 callback = lb.RINGBUF_SAMPLE_FN(self._on_ring(source))
                 self._callbacks.append(callback)
                 with interrupts.deferred():
-                    if ring is None:
-                        ring = lib.ring_buffer__new(source.events_fd, callback, ctx, None)
-                        if not ring:
-                            raise LoadError(f"cannot open the ring buffer of {source.program}: {lb.errno_text()[1]}")
-                        self._buffers.append((ring, lib.ring_buffer__consume, lib.ring_buffer__free))
-                        self._epoll.register(lib.ring_buffer__epoll_fd(ring), select.EPOLLIN)
-                        continue
-                    rc = lib.ring_buffer__add(ring, source.events_fd, callback, ctx)
-                if rc < 0:
-                    raise LoadError(f"cannot add {source.program}'s ring: {lib.strerror(rc)}")
+                    handle = lib.ring_buffer__new(source.events_fd, callback, None, None)
+                if not handle:
+                    raise LoadError(f"cannot open the ring buffer of {source.program}: {lb.errno_text()[1]}")
+                self._buffers.append((handle, lib.ring_buffer__consume, lib.ring_buffer__free))
+                self._epoll.register(lib.ring_buffer__epoll_fd(handle), select.EPOLLIN)
             elif kind == PERF_EVENT_ARRAY:
                 sample = lb.PERF_SAMPLE_FN(self._on_perf(source))
                 lost = lb.PERF_LOST_FN(self._on_perf_lost(source))
                 self._callbacks += [sample, lost]
                 with interrupts.deferred():
-                    perf = lib.perf_buffer__new(source.events_fd, _PERF_PAGES, sample, lost, ctx, None)
-                if not perf:
+                    handle = lib.perf_buffer__new(source.events_fd, _PERF_PAGES, sample, lost, None, None)
+                if not handle:
                     raise LoadError(f"cannot open the perf buffer of {source.program}: {lb.errno_text()[1]}")
-                self._buffers.append((perf, lib.perf_buffer__consume, lib.perf_buffer__free))
-                self._epoll.register(lib.perf_buffer__epoll_fd(perf), select.EPOLLIN)
+                self._buffers.append((handle, lib.perf_buffer__consume, lib.perf_buffer__free))
+                self._epoll.register(lib.perf_buffer__epoll_fd(handle), select.EPOLLIN)
             else:
                 raise LoadError(f"{source.program}: map `events` has type {kind}, expected RINGBUF or PERF_EVENT_ARRAY")
 
@@ -246,7 +244,8 @@ class Stream:
     def _on_ring(self, source: Source) -> Any:
         def on_sample(_ctx: int, data: int, size: int) -> int:
             self._accept(source, ctypes.string_at(data, size))
-            return 0
+            self._taken += 1
+            return -_EAGAIN if self._taken >= _BUDGET else 0  # < 0: libbpf stops after this record
         return on_sample
 
     def _on_perf(self, source: Source) -> Any:
@@ -307,15 +306,16 @@ class Stream:
     def poll(self, timeout_ms: int = _POLL_MS) -> None:
         """Wait up to `timeout_ms` for events, drain every buffer, release what is due."""
         if self._epoll is not None and self._buffers:
-            try:
-                self._epoll.poll(timeout_ms / 1000)
-            except InterruptedError:
-                pass
+            self._epoll.poll(0 if self._backlog else timeout_ms / 1000)
+            self._backlog = False
             # The sample callbacks run inside consume: a signal is held until it returns (interrupts.py).
             with interrupts.deferred():
                 for handle, consume, _ in self._buffers:
+                    self._taken = 0
                     rc = consume(handle)
-                    if rc < 0 and rc != -4:  # -EINTR: consume again next round
+                    if rc == -_EAGAIN:  # the budget ran out: more is waiting in that ring
+                        self._backlog = True
+                    elif rc < 0 and rc != -4:  # -EINTR: consume again next round
                         raise LoadError(f"reading events failed: {self._lib.strerror(rc)}")
         else:
             select.select([], [], [], timeout_ms / 1000)  # every pinned program is gone: wait for a reload
@@ -381,6 +381,7 @@ class Stream:
 
     def _drain(self) -> None:
         for handle, consume, _ in self._buffers:
+            self._taken = 0
             consume(handle)
 
     @property
