@@ -118,7 +118,7 @@ class HookFacts:
         kind, _, target = section.partition("/")
         if kind in ("kprobe", "kretprobe"):
             if not (TRACEFS / "kprobe_events").exists():
-                return f"the guest's kernel has no kprobes (no kprobe_events in {TRACEFS})"
+                return f"the guest's kernel has no kprobes (no kprobe_events in its tracefs, {TRACEFS})"
             if target not in self.symbols():
                 return f"{target} is not in the guest's {KALLSYMS}"
             return None
@@ -204,6 +204,7 @@ def _exercise(loaded: Any, lib: Any, entry: Any, row: dict[str, Any]) -> None:
     family = entry.program if entry.program in workloads.DECLARED else None
     reader = Reader(lib, loaded.map_fd("events"), schema)
     try:
+        mark = time.monotonic()
         proc = _workload(family or FALLBACK_FAMILY, entry.unit)
         deadline = time.monotonic() + WORKLOAD_TIMEOUT_S
         while proc.poll() is None and time.monotonic() < deadline:
@@ -211,6 +212,7 @@ def _exercise(loaded: Any, lib: Any, entry: Any, row: dict[str, Any]) -> None:
         if proc.poll() is None:
             proc.kill()
         out, err = proc.communicate()
+        row["timing"]["workload"], mark = round(time.monotonic() - mark, 1), time.monotonic()
         if proc.returncode != 0:
             row["error"] = f"workload {family or FALLBACK_FAMILY} failed: " + " | ".join(err.strip().splitlines()[-3:])
             return
@@ -223,11 +225,13 @@ def _exercise(loaded: Any, lib: Any, entry: Any, row: dict[str, Any]) -> None:
             return wanted <= {e["event"] for e in reader.events if e.get("hdr", {}).get("tgid") in pids}
 
         reader.until_quiet(QUIET_S, EVENT_WAIT_S, proved)
+        row["timing"]["read"], mark = round(time.monotonic() - mark, 1), time.monotonic()
+        row["counters"] = _reconcile(lib, loaded, schema, reader)  # drains the ring: every event is in
+        row["timing"]["reconcile"] = round(time.monotonic() - mark, 1)
         mine = [e for e in reader.events if e.get("hdr", {}).get("tgid") in pids]
         for event in mine:
             row["events"][event["event"]] = row["events"].get(event["event"], 0) + 1
         row["kinds"] = _kind_checks(family, facts, mine)
-        row["counters"] = _reconcile(lib, loaded, schema, reader)
         bad = [k for k, c in row["kinds"].items() if c["status"] != "ok"]
         if family is None:
             ok = bool(row["events"])
@@ -248,7 +252,7 @@ def _check(entry: Any, facts: Any, manifest: Any, hooks: HookFacts) -> dict[str,
     row: dict[str, Any] = {"unit": entry.unit, "program": entry.program, "kind": entry.kind,
                            "variant": entry.raw["variant"], "select": "fail", "load": "not run", "attach": "not run",
                            "event": "not run", "programs": [], "events": {}, "kinds": {}, "counters": {},
-                           "error": "", "verifier_log": ""}
+                           "error": "", "verifier_log": "", "timing": {}}
     # CO-RE is what a host without an exact build gets: selected from the CO-RE entries alone.
     pool = manifest if entry.kind == "exact" else dataclasses.replace(
         manifest, entries=tuple(e for e in manifest.entries if e.kind == "core"))
@@ -264,12 +268,14 @@ def _check(entry: Any, facts: Any, manifest: Any, hooks: HookFacts) -> dict[str,
     row["select"] = "ok"
     lib = lb.get()
     data = read_verified(entry.object_path, entry.sha256)
+    mark = time.monotonic()
     try:
         loaded = open_and_load(lib, data, entry.unit)
     except HidsError as exc:
         row.update(load="fail", error=str(exc), verifier_log=_full_log(lib, data))
         return row
     row["load"] = "ok"
+    row["timing"]["load"], mark = round(time.monotonic() - mark, 1), time.monotonic()
     try:
         write_agent_tgid(loaded)
         try:
@@ -278,6 +284,7 @@ def _check(entry: Any, facts: Any, manifest: Any, hooks: HookFacts) -> dict[str,
             row.update(attach="fail", error=str(exc))
             reports = loaded.reports
         row["programs"] = _programs(loaded, reports, hooks)
+        row["timing"]["attach"] = round(time.monotonic() - mark, 1)
         if row["attach"] != "fail":
             failed = [p for p in row["programs"] if p["proof"] == "failed"]
             row["attach"] = "fail" if failed else "ok"
