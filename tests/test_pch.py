@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import yaml
-
 from conftest import ROOT, TEST_PROJECT, copy_project, fresh_cache
+
 from hidsbuild.pch import prologue, shared_header
 from hidsbuild.pipeline import BuildOptions, BuildResult, build_all
 from hidsbuild.stitch import stitch
