@@ -15,8 +15,18 @@ from rich.table import Table
 from ..errors import VerifyFailed
 from ..kernels import Kernel
 
-__all__ = ["KernelResult", "failures", "unproved", "write_json", "read_json", "merge_results", "render_table",
-           "write_text", "UNPROVED", "NOT_RUN"]
+__all__ = [
+    "NOT_RUN",
+    "UNPROVED",
+    "KernelResult",
+    "failures",
+    "merge_results",
+    "read_json",
+    "render_table",
+    "unproved",
+    "write_json",
+    "write_text",
+]
 
 _OK = {"ok", "n/a"}
 # The archive no longer serves the kernel's image (e.g. a superseded security upload): nothing could
@@ -42,7 +52,7 @@ class KernelResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)  # units the build skipped here: unit, reason
 
     @classmethod
-    def of(cls, kernel: Kernel) -> "KernelResult":
+    def of(cls, kernel: Kernel) -> KernelResult:
         return cls(kernel.release, kernel.arch, kernel.suite, kernel.version)
 
     def row_failed(self, row: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from .matrix import KernelResult, failures, unproved
 
-__all__ = ["Cell", "grid", "render_page", "write_page", "OUTCOMES"]
+__all__ = ["OUTCOMES", "Cell", "grid", "render_page", "write_page"]
 
 _TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 # Outcome of a cell -> what the legend says it means.

@@ -22,14 +22,23 @@ from ..apt import PrivateApt
 from ..errors import ConfigError, HeadersUnavailable, VerifyFailed
 from ..kernels import Kernel, load_matrix
 from ..report import console, step
-from .images import fetch_image
-from .images import KernelImage
-from .matrix import NOT_RUN, KernelResult, failures, merge_results, read_json, render_table, unproved, write_json, write_text
+from .images import KernelImage, fetch_image
+from .matrix import (
+    NOT_RUN,
+    KernelResult,
+    failures,
+    merge_results,
+    read_json,
+    render_table,
+    unproved,
+    write_json,
+    write_text,
+)
 from .page import write_page
 from .rootfs import initramfs
 from .vm import boot
 
-__all__ = ["VerifyOptions", "find_wheels", "run_verify", "merge_verify", "shard_kernels"]
+__all__ = ["VerifyOptions", "find_wheels", "merge_verify", "run_verify", "shard_kernels"]
 
 
 @dataclass(frozen=True)
