@@ -4,8 +4,10 @@ it, run the workloads of its family (workloads.py) and read every declared event
 its fields checked; then detach, drain, and reconcile the in-kernel counters with the events read.
 
 A program that did not attach is n/a only when the guest's own facts prove its hook absent (its
-kprobe symbol missing from /proc/kallsyms, its tracepoint missing from tracefs); an alternative the
-loader passed over (its group attached the other family) is attached on its own to prove it could.
+kprobe symbol missing from /proc/kallsyms, its tracepoint missing from tracefs). When the loader
+attached a group's kprobes, its tracepoint alternatives would go unproved: so every program outside
+the kprobe family is then attached together (the path of a kernel without kprobes) and the
+workload runs again, with the same checks (`tracepoint_pass` in the row).
 
 Only the standard library and the installed `hids_bytecode` package are available here. The result
 is one JSON document printed between markers on the serial console, which `vm.py` cuts out.
@@ -132,31 +134,42 @@ class HookFacts:
         return None
 
 
-def _programs(loaded: Any, reports: list[Any], hooks: HookFacts) -> list[dict[str, str]]:
-    """Per program: attached (in the checked path), attached alone (an alternative the loader
-    passed over, attached now by itself and detached), n/a (its hook proven absent) or failed."""
+def _program_rows(reports: list[Any], hooks: HookFacts) -> list[dict[str, str]]:
+    """Per program after the loader's attach: attached, pending (an alternative the loader passed
+    over: the tracepoint pass decides it), n/a (its hook proven absent) or failed."""
     rows = []
     for report in reports:
-        row = {"program": report.name, "section": report.section, "status": report.status,
-               "message": report.message, "proof": "failed"}
+        row = {"program": report.name, "section": report.section, "family": report.family,
+               "status": report.status, "message": report.message, "proof": "failed", "pass": "loader"}
         if report.status == "attached":
             row["proof"] = "attached"
+        elif report.status == "skipped" and report.family != "kprobe":
+            row["proof"] = "pending"
         else:
-            link = 0
-            if report.status == "skipped":
-                with lb.capture():
-                    link = loaded.lib.bpf_program__attach(loaded.programs[report.name])
-            if link:
-                loaded.lib.bpf_link__destroy(link)
-                row["proof"] = "attached alone"
-            else:
-                why = hooks.absent(report.section)
-                if why:
-                    row.update(status="n/a", proof="n/a", message=why)
+            why = hooks.absent(report.section)
+            if why:
+                row.update(status="n/a", proof="n/a", message=why)
         rows.append(row)
     return rows
 
 
+def _attach_tracepoint_path(loaded: Any, rows: list[dict[str, str]], hooks: HookFacts) -> None:
+    """Attach every program outside the kprobe family: the path a kernel without kprobes runs,
+    which holds each alternative the loader passed over."""
+    for row in rows:
+        if row["family"] == "kprobe" or row["proof"] == "n/a":
+            continue
+        with lb.capture() as log:
+            link = loaded.lib.bpf_program__attach(loaded.programs[row["program"]])
+        if link:
+            loaded.links[row["program"]] = link
+            if row["proof"] == "pending":
+                row.update(proof="attached", status="attached", message="", **{"pass": "tracepoint"})
+            continue
+        why = hooks.absent(row["section"])
+        row.update(proof="n/a" if why else "failed", status="n/a" if why else "failed",
+                   message=why or " ".join(text.strip() for _, text in log)[-300:] or lb.errno_text()[1],
+                   **{"pass": "tracepoint"})
 def _workload(family: str, unit: str) -> subprocess.Popen:
     """`family`'s workload started in its own process, to be polled while it runs."""
     work = f"/tmp/hids-work/{unit.replace('/', '_')}"
@@ -180,8 +193,10 @@ def _kind_checks(family: str | None, facts: dict[str, Any], events: list[dict[st
     return checks
 
 
-def _reconcile(lib: Any, loaded: Any, schema: Any, reader: Reader) -> dict[str, Any]:
-    """With every link gone and the ring drained, `counters` must equal the events read, per type."""
+def _reconcile(lib: Any, loaded: Any, schema: Any, reader: Reader, start: int,
+               baseline: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """With every link gone and the ring drained, what `counters` gained since `baseline` must
+    equal the events read since `start`, per type, with none lost."""
     for link in loaded.links.values():
         lib.bpf_link__destroy(link)
     loaded.links.clear()
@@ -190,60 +205,86 @@ def _reconcile(lib: Any, loaded: Any, schema: Any, reader: Reader) -> dict[str, 
         return {"status": "n/a", "reason": "the object has no counters map"}
     counted = read_counters(lib, loaded.map_fd("counters"), schema)
     read: dict[str, int] = {}
-    for event in reader.events:
+    for event in reader.events[start:]:
         read[event["event"]] = read.get(event["event"], 0) + 1
-    emitted = {kind: c.get("emitted", 0) for kind, c in counted.items() if c.get("emitted")}
-    dropped = {kind: c.get("dropped", 0) for kind, c in counted.items() if c.get("dropped")}
+
+    def gained(field: str) -> dict[str, int]:
+        delta = {k: c.get(field, 0) - baseline.get(k, {}).get(field, 0) for k, c in counted.items()}
+        return {k: v for k, v in delta.items() if v}
+
+    emitted, dropped = gained("emitted"), gained("dropped")
     ok = emitted == read and not reader.lost
     return {"status": "ok" if ok else "fail", "emitted": emitted, "read": read, "dropped": dropped,
             "lost": reader.lost}
 
 
-def _exercise(loaded: Any, lib: Any, entry: Any, row: dict[str, Any]) -> None:
-    schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
+def _pass(loaded: Any, lib: Any, schema: Any, reader: Reader, entry: Any, name: str, start: int,
+          baseline: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """One run of the object's workload over the links attached now: the workload's events by kind,
+    each declared kind checked on its fields, then the counters reconciled (which detaches).
+    `start` and `baseline` are the events read and the counters as they stood before the links."""
     family = entry.program if entry.program in workloads.DECLARED else None
+    result: dict[str, Any] = {"events": {}, "kinds": {}, "counters": {}, "workload": {}, "timing": {}, "error": ""}
+    mark = time.monotonic()
+    proc = _workload(family or FALLBACK_FAMILY, f"{entry.unit}/{name}")
+    deadline = time.monotonic() + WORKLOAD_TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        reader.poll()
+    if proc.poll() is None:
+        proc.kill()
+    out, err = proc.communicate()
+    result["timing"]["workload"], mark = round(time.monotonic() - mark, 1), time.monotonic()
+    if proc.returncode != 0:
+        result["error"] = f"workload {family or FALLBACK_FAMILY} failed: " + " | ".join(err.strip().splitlines()[-3:])
+        return result
+    facts = json.loads(out)
+    result["workload"] = {k: v for k, v in facts.items() if k.startswith("module")}
+    pids = set(facts["pids"])
+    wanted = set(workloads.DECLARED.get(entry.program, ()))
+
+    def proved() -> bool:
+        return wanted <= {e["event"] for e in reader.events[start:] if e.get("hdr", {}).get("tgid") in pids}
+
+    reader.until_quiet(QUIET_S, EVENT_WAIT_S, proved)
+    result["timing"]["read"], mark = round(time.monotonic() - mark, 1), time.monotonic()
+    result["counters"] = _reconcile(lib, loaded, schema, reader, start, baseline)  # drains: every event is in
+    result["timing"]["reconcile"] = round(time.monotonic() - mark, 1)
+    mine = [e for e in reader.events[start:] if e.get("hdr", {}).get("tgid") in pids]
+    for event in mine:
+        result["events"][event["event"]] = result["events"].get(event["event"], 0) + 1
+    result["kinds"] = _kind_checks(family, facts, mine)
+    bad = [k for k, c in result["kinds"].items() if c["status"] != "ok"]
+    if bad:
+        result["error"] = f"not proved: {', '.join(bad)}"
+    elif family and result["counters"]["status"] == "fail":
+        result["error"] = f"counters do not reconcile: {result['counters']}"
+    elif not family and not result["events"]:
+        result["error"] = f"no event of the workload within {EVENT_WAIT_S:.0f}s"
+    return result
+
+
+def _exercise(loaded: Any, lib: Any, entry: Any, row: dict[str, Any], hooks: HookFacts) -> None:
+    """The loader's attach, checked; then, when it passed over alternatives, the tracepoint path."""
+    schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
     reader = Reader(lib, loaded.map_fd("events"), schema)
     try:
-        mark = time.monotonic()
-        proc = _workload(family or FALLBACK_FAMILY, entry.unit)
-        deadline = time.monotonic() + WORKLOAD_TIMEOUT_S
-        while proc.poll() is None and time.monotonic() < deadline:
-            reader.poll()
-        if proc.poll() is None:
-            proc.kill()
-        out, err = proc.communicate()
-        row["timing"]["workload"], mark = round(time.monotonic() - mark, 1), time.monotonic()
-        if proc.returncode != 0:
-            row["error"] = f"workload {family or FALLBACK_FAMILY} failed: " + " | ".join(err.strip().splitlines()[-3:])
-            return
-        facts = json.loads(out)
-        row["workload"] = {k: v for k, v in facts.items() if k.startswith("module")}
-        pids = set(facts["pids"])
-        wanted = set(workloads.DECLARED.get(entry.program, ()))
-
-        def proved() -> bool:
-            return wanted <= {e["event"] for e in reader.events if e.get("hdr", {}).get("tgid") in pids}
-
-        reader.until_quiet(QUIET_S, EVENT_WAIT_S, proved)
-        row["timing"]["read"], mark = round(time.monotonic() - mark, 1), time.monotonic()
-        row["counters"] = _reconcile(lib, loaded, schema, reader)  # drains the ring: every event is in
-        row["timing"]["reconcile"] = round(time.monotonic() - mark, 1)
-        mine = [e for e in reader.events if e.get("hdr", {}).get("tgid") in pids]
-        for event in mine:
-            row["events"][event["event"]] = row["events"].get(event["event"], 0) + 1
-        row["kinds"] = _kind_checks(family, facts, mine)
-        bad = [k for k, c in row["kinds"].items() if c["status"] != "ok"]
-        if family is None:
-            ok = bool(row["events"])
-        else:
-            ok = not bad and row["counters"]["status"] != "fail"
-        row["event"] = "ok" if ok else "fail"
-        if bad:
-            row["error"] = row["error"] or f"not proved: {', '.join(bad)}"
-        elif not ok and family:
-            row["error"] = row["error"] or f"counters do not reconcile: {row['counters']}"
-        elif not ok:
-            row["error"] = row["error"] or f"no event of the workload within {EVENT_WAIT_S:.0f}s"
+        first = _pass(loaded, lib, schema, reader, entry, "loader", 0, {})  # a fresh object counts from zero
+        row.update(events=first["events"], kinds=first["kinds"], counters=first["counters"],
+                   workload=first["workload"])
+        row["timing"].update(first["timing"])
+        errors = [first["error"]] if first["error"] else []
+        if any(p["proof"] == "pending" for p in row["programs"]):
+            # Read with nothing attached and the ring drained: the second pass starts from here.
+            baseline = read_counters(lib, loaded.map_fd("counters"), schema) if "counters" in loaded.maps else {}
+            start = len(reader.events)
+            _attach_tracepoint_path(loaded, row["programs"], hooks)
+            second = (_pass(loaded, lib, schema, reader, entry, "tracepoint", start, baseline) if loaded.links
+                      else {"error": "nothing attached"})
+            row["tracepoint_pass"] = second
+            if second["error"]:
+                errors.append(f"tracepoint path: {second['error']}")
+        row["event"] = "fail" if errors else "ok"
+        row["error"] = row["error"] or "; ".join(errors)
     finally:
         reader.close()
 
@@ -252,7 +293,7 @@ def _check(entry: Any, facts: Any, manifest: Any, hooks: HookFacts) -> dict[str,
     row: dict[str, Any] = {"unit": entry.unit, "program": entry.program, "kind": entry.kind,
                            "variant": entry.raw["variant"], "select": "fail", "load": "not run", "attach": "not run",
                            "event": "not run", "programs": [], "events": {}, "kinds": {}, "counters": {},
-                           "error": "", "verifier_log": "", "timing": {}}
+                           "tracepoint_pass": {}, "error": "", "verifier_log": "", "timing": {}}
     # CO-RE is what a host without an exact build gets: selected from the CO-RE entries alone.
     pool = manifest if entry.kind == "exact" else dataclasses.replace(
         manifest, entries=tuple(e for e in manifest.entries if e.kind == "core"))
@@ -283,17 +324,16 @@ def _check(entry: Any, facts: Any, manifest: Any, hooks: HookFacts) -> dict[str,
         except HidsError as exc:
             row.update(attach="fail", error=str(exc))
             reports = loaded.reports
-        row["programs"] = _programs(loaded, reports, hooks)
+        row["programs"] = _program_rows(reports, hooks)
         row["timing"]["attach"] = round(time.monotonic() - mark, 1)
+        if loaded.links:
+            _exercise(loaded, lib, entry, row, hooks)
         if row["attach"] != "fail":
-            failed = [p for p in row["programs"] if p["proof"] == "failed"]
+            failed = [p for p in row["programs"] if p["proof"] not in ("attached", "n/a")]
             row["attach"] = "fail" if failed else "ok"
             if failed:
-                row["error"] = f"{failed[0]['program']}: {failed[0]['message'] or failed[0]['status']}"
-        if loaded.links:
-            _exercise(loaded, lib, entry, row)
-            if row["event"] == "not run":
-                row["event"] = "fail"
+                why = f"{failed[0]['program']}: {failed[0]['message'] or failed[0]['status']}"
+                row["error"] = "; ".join(e for e in (why, row["error"]) if e)
     finally:
         loaded.close()
     return row

@@ -238,7 +238,7 @@ class _BpfMapAttr(ctypes.Structure):
 
 def _kernel(work: str, module: str | None) -> dict[str, Any]:
     facts: dict[str, Any] = {"pid": os.getpid(), "target": os.path.join(work, "mnt")}
-    os.makedirs(facts["target"])
+    os.makedirs(facts["target"], exist_ok=True)
     libc = _libc()
     if libc.mount(b"hids-src", facts["target"].encode(), b"tmpfs", ctypes.c_ulong(_MS_NOSUID | _MS_NODEV),
                   b"size=1m") != 0:
