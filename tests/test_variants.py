@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from conftest import ROOT, SHARED_CACHE, TEST_PROJECT
+
 from hidsbuild.headers import HeadersCache
 from hidsbuild.kernels import load_matrix
 from hidsbuild.units import WRAPPER_OPTION, enumerate_units, skip_reason
@@ -65,7 +66,7 @@ def test_build_index_table_and_manifest_name_the_skipped_variants(built_project:
     assert all(s["arch"] == "x86_64" and s["reason"].startswith(f"{WRAPPER_OPTION}=y") for s in skipped.values())
 
     proc = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bundle", "--build-dir",
-                           str(built_project), "--dist", str(tmp_path / "dist")], capture_output=True, text=True, cwd=ROOT)
+                           str(built_project), "--dist", str(tmp_path / "dist")], check=False, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -94,6 +95,8 @@ def test_build_index_table_and_manifest_name_the_skipped_variants(built_project:
     except NoMatch as exc:
         steps = [s for s in exc.steps if s.stage == "exact" and RELEASES[0] in s.candidate]
         assert steps and all(not s.taken and "syscall_wrapper" in s.reason for s in steps), exc.steps
+        wanted = f"hello/{RELEASES[0]}/w0d0"
+        assert f"exact: {wanted} was not built: {skipped[wanted]['reason']}" in str(exc)
     else:
         raise AssertionError("a w0 host got an object although no w0 object was built")
 

@@ -86,6 +86,7 @@ class Manifest:
     entries: tuple[Entry, ...]
     verdict: Verdict | None = None  # the signature check it passed
     provenance: dict[str, Any] | None = None  # {"path", "sha256"} of the provenance statement
+    skipped: tuple[dict[str, Any], ...] = ()  # {"unit", "reason"}: variants not built, as unable to run there
 
     @property
     def programs(self) -> list[str]:
@@ -168,8 +169,12 @@ def load_manifest(data: Path | None = None, trust: TrustPolicy | None = None) ->
     if provenance is not None and (not isinstance(provenance, dict) or not isinstance(provenance.get("sha256"), str)
                                    or relative_path_problem(provenance.get("path"))):
         raise ManifestError(f"{path}: provenance must name a relative path and its sha256")
+    skipped = doc.get("skipped", [])
+    if not isinstance(skipped, list) or not all(isinstance(s, dict) and isinstance(s.get("unit"), str)
+                                                and isinstance(s.get("reason"), str) for s in skipped):
+        raise ManifestError(f"{path}: skipped must list objects with a unit and a reason")
     return Manifest(path, str(doc.get("version", "unknown")), str(doc.get("source_hash", "unknown")), tuple(entries),
-                    verdict, provenance)
+                    verdict, provenance, tuple(skipped))
 
 
 def read_provenance(manifest: Manifest) -> dict[str, Any]:

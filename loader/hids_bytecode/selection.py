@@ -98,6 +98,7 @@ def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = 
             return Choice(program, "exact", e, tuple(steps))
     if not any(e.kind == "exact" for e in entries):
         steps.append(Step("exact", "-", False, "manifest has no exact builds of this program"))
+    steps += _not_built(manifest, program, facts, debug)
     if strict:
         steps.append(Step("core", "-", False, "--strict allows exact matches only"))
         steps.append(Step("runtime", "-", False, "--strict allows exact matches only"))
@@ -126,6 +127,13 @@ def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = 
     error = BtfUnavailable if not facts.btf and not any(s.taken for s in steps) and any(
         e.kind == "core" and e.arch == facts.arch for e in entries) else NoMatch
     raise error(_refusal(program, facts, steps), steps)
+
+
+def _not_built(manifest: Manifest, program: str, facts: HostFacts, debug: bool) -> list[Step]:
+    """The build's own word on the exact variant this host needs, when it skipped it as unable to run."""
+    wanted = f"{program}/{facts.release}/w{int(facts.wrapper.wrapper)}d{int(debug)}"
+    return [Step("exact", "-", False, f"{s['unit']} was not built: {s['reason']}")
+            for s in manifest.skipped if s["unit"] == wanted]
 
 
 def _runtime_template(entries: list[Entry], facts: HostFacts, debug: bool) -> Entry | None:
