@@ -58,7 +58,7 @@ class Source:
     """One program's maps as this stream reads them."""
 
     program: str
-    schema: Schema
+    schema: Schema | None  # set before any event is read
     events_fd: int
     counters_fd: int | None = None
     config_fd: int | None = None
@@ -127,21 +127,23 @@ class Stream:
             raise
 
     # ----------------------------------------------------------------------------- opening
-    def _object(self, program: str) -> tuple[bytes, str]:
-        """The chosen object's bytes and unit id; its layout is kept for the program's events."""
-        from . import api
-        choice = api.choose(program, self._facts, self.options)
-        data, path = api.object_for(choice, self._facts)
-        with interrupts.deferred():
-            self._schemas[program] = schema_from_object_file(self._lib, path)
-        return data, choice.entry.unit
-
     def _open_all(self) -> None:
-        objects = {p: self._object(p) for p in self.programs}
+        from . import api
+        objects = {}
+        for program in self.programs:
+            choice = api.choose(program, self._facts, self.options)
+            objects[program] = (*api.object_for(choice, self._facts), choice.entry.unit)
+        # Pins first: this process is the agent (its events dropped) as early as it can be.
         self._sources.update(self._open_pinned(self.programs))
+        for program, (_, path, _) in objects.items():
+            with interrupts.deferred():
+                self._schemas[program] = schema_from_object_file(self._lib, path)
+            if program in self._sources:
+                self._sources[program].schema = self._schemas[program]
         for program in self.programs:
             if program not in self._sources:
-                self._sources[program] = self._load_for_run(program, *objects[program])
+                data, _, unit = objects[program]
+                self._sources[program] = self._load_for_run(program, data, unit)
 
     def _open_pinned(self, programs: list[str]) -> dict[str, Source]:
         """Under the tree's lock: hold every loaded program of `programs` (all or none: Busy names
@@ -182,7 +184,7 @@ class Stream:
             for fd in [*fds.values(), holder]:
                 os.close(fd)
             raise
-        return Source(program, self._schemas[program], fds["events"], fds.get("counters"), fds.get("config"),
+        return Source(program, self._schemas.get(program), fds["events"], fds.get("counters"), fds.get("config"),
                       holder, (st.st_dev, st.st_ino))
 
     def _load_for_run(self, program: str, data: bytes, label: str) -> Source:
