@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -197,3 +200,36 @@ def test_verify_shards_side_by_side_then_merged(good_object: bytes, tmp_path: Pa
     assert proc.returncode == 7
     assert proc.stderr.strip().splitlines()[-1].startswith("error: 6.1.0-50-cloud-amd64 is in ")
     assert "different results" in proc.stderr
+
+
+def _guests_of(pid: int) -> list[int]:
+    """qemu processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            name, ppid = fields[0].split("(", 1)[1], int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and name.startswith("qemu-system"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_stops_every_running_guest_at_once(good_object: bytes, tmp_path: Path) -> None:
+    matrix = mini_matrix(tmp_path / "project", KERNELS)
+    dist = mini_wheel(tmp_path, {("mini", r): good_object for r in KERNELS}, {r: v for r, (_, v) in KERNELS.items()})
+    proc = start_invoke("verify", "--matrix", str(matrix), "--dist", str(dist), "--cache-dir",
+                        str(runner_cache(tmp_path / "cache")), "--jobs", "2")
+    deadline = time.monotonic() + 300
+    while len(_guests_of(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    guests = _guests_of(proc.pid)
+    assert len(guests) == 2, proc.communicate()[1][-2000:]
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert time.monotonic() - sent < 15, "a guest must not be waited for"
+    assert not any(os.path.exists(f"/proc/{pid}/stat") for pid in guests)
+    assert not (dist / "verify.json").exists()  # nothing half-proved is written

@@ -36,7 +36,7 @@ from .matrix import (
 )
 from .page import write_page
 from .rootfs import initramfs
-from .vm import boot
+from .vm import boot, stop_all
 
 __all__ = ["VerifyOptions", "find_wheels", "merge_verify", "run_verify", "shard_kernels"]
 
@@ -202,7 +202,12 @@ def run_verify(opts: VerifyOptions) -> list[KernelResult]:
                 guests.append(_prepare(kernel, apt, sites, opts, Path(scratch)))
         with step(f"boot {sum(g.image is not None for g in guests)} guest(s), {jobs} at a time (one vCPU each)"), \
                 ThreadPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(_booted, kernels, guests, [opts] * len(kernels)))
+            try:
+                results = list(pool.map(_booted, kernels, guests, [opts] * len(kernels)))
+            except BaseException:  # Ctrl-C, SIGTERM: no guest may outlive the run
+                pool.shutdown(wait=False, cancel_futures=True)
+                stop_all()
+                raise
     shard = f"{opts.shard[0]}/{opts.shard[1]}" if opts.shard else None
     return _report(results, opts.dist, opts.strict, shard)
 
@@ -225,6 +230,8 @@ def merge_verify(sources: list[Path], matrix_path: Path, dist: Path, strict: boo
         missing = KernelResult.of(kernel)
         missing.status, missing.reason = NOT_RUN, "in no shard's verify.json (a shard that did not run or finish)"
         results.append(missing)
+    rank = {k.release: i for i, k in enumerate(matrix.kernels)}
+    results.sort(key=lambda r: rank.get(r.release, len(rank)))
     return _report(results, dist, strict, None)
 
 

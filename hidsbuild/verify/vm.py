@@ -1,17 +1,19 @@
 """One boot of a kernel under qemu's TCG (KVM is present on the build host but unusable), with the
-serial console captured and the guest's JSON result cut out of it."""
+serial console captured and the guest's JSON result cut out of it. Boots may run in threads side by
+side; `stop_all` kills every running guest at once (Ctrl-C, SIGTERM)."""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Boot", "qemu_command", "boot", "BEGIN", "END"]
+__all__ = ["BEGIN", "END", "Boot", "boot", "qemu_command", "stop_all"]
 
 # The same markers as guest_check.py prints (it runs in the guest and cannot import this module).
 BEGIN, END = "===HIDS-VERIFY-BEGIN===", "===HIDS-VERIFY-END==="
@@ -26,6 +28,9 @@ _MACHINES = {
 # do_sync_core and 6.12.95+deb12 oopses at boot (general protection fault); with one it always boots.
 _CPUS = 1
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc")
+_running: set[subprocess.Popen] = set()
+_lock = threading.Lock()
+_stopping = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,10 @@ def boot(arch: str, vmlinuz: Path, initrd: Path, timeout: float) -> Boot:
     start = time.monotonic()
     proc = subprocess.Popen(qemu_command(arch, vmlinuz, initrd), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with _lock:
+        _running.add(proc)
+        if _stopping.is_set():  # started by a thread that raced stop_all
+            proc.kill()
     timed_out = False
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -69,8 +78,19 @@ def boot(arch: str, vmlinuz: Path, initrd: Path, timeout: float) -> Boot:
         proc.kill()
         out, _ = proc.communicate()
         timed_out = True
+    finally:
+        with _lock:
+            _running.discard(proc)
     console = _ANSI.sub("", out.decode(errors="replace")).replace("\r\n", "\n")
     return Boot(_result(console), console, timed_out, time.monotonic() - start, timeout)
+
+
+def stop_all() -> None:
+    """Kill every guest still running: their boots then return at once, without a result."""
+    with _lock:
+        _stopping.set()
+        for proc in _running:
+            proc.kill()
 
 
 def _result(console: str) -> dict[str, Any] | None:
