@@ -16,7 +16,6 @@ path is interpreted, and such a user can only label its own processes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import re
 import sys
@@ -75,7 +74,9 @@ class _FileHandle(ctypes.Structure):
 
 
 _FILEID_KERNFS = 0xFE
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The C library this interpreter already runs on (dlopen(NULL)); find_library would fork ldconfig,
+# and a fork before the agent pid is in `config` is an event of the agent itself.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class CgroupResolver:
