@@ -191,13 +191,14 @@ def _discover_toolchain(matrix: Path, write: bool) -> None:
         "dist": "bench.json goes here (default: dist/)",
         "runs": "runs per figure; medians are reported (default: 3)",
         "calls": "in-process select() calls (default: 1000)",
-        "scaling": "kernel counts for the scaling figure, comma-separated (default: 1,2,4,8)",
+        "scaling": "kernel counts for the scaling figure, comma-separated; counts beyond the matrix add kernels the "
+                   "archive serves (kernels.discover, newest first) (default: 1,2,4,8,16)",
         "only": "comma-separated sections to run: build, wheel, loader, discover (default: all)",
     }
 )
 @_reported
 def bench(c, matrix=str(DEFAULT_MATRIX), cache_dir=str(DEFAULT_CACHE), dist=str(DEFAULT_DIST), runs=3, calls=1000,
-          scaling="1,2,4,8", only="build,wheel,loader,discover"):
+          scaling="1,2,4,8,16", only="build,wheel,loader,discover"):
     """Measure build throughput, caching, wheel size and loader latency; print figures and write dist/bench.json."""
     from hidsbuild.bench import run_bench
 

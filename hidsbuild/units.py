@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from .headers import KernelHeaders
 from .kernels import ARCHES, Kernel, Matrix, Program, Variant, parse_version
 
-__all__ = ["Unit", "enumerate_units", "skip_reason", "compile_args", "cache_key", "shard", "SRC_DIR", "HEADERS_DIR",
-           "BTF_DIR"]
+__all__ = ["Unit", "enumerate_units", "skip_reason", "compile_args", "pch_args", "cache_key", "shard",
+           "PCH_EXCLUDED_MACROS", "SRC_DIR", "HEADERS_DIR", "BTF_DIR"]
 
 # Fixed paths inside the container: objects never depend on where the checkout lives.
 SRC_DIR = "/src"
