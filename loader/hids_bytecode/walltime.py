@@ -30,10 +30,15 @@ def _offset_ns(tries: int = 5) -> int:
     return best[1]  # type: ignore[index]
 
 
+_last_second: list = [None, ""]  # the last second formatted: events come in bursts of the same second
+
+
 def rfc3339(wall_ns: int) -> str:
     """`2026-11-29T12:50:00.123456789Z`: RFC 3339, UTC, nanoseconds."""
     seconds, ns = divmod(wall_ns, _NS)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns:09d}Z"
+    if _last_second[0] != seconds:
+        _last_second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+    return f"{_last_second[1]}.{ns:09d}Z"
 
 
 class WallClock:
