@@ -265,6 +265,9 @@ def _pass(loaded: Any, lib: Any, schema: Any, reader: Reader, entry: Any, name: 
 
 def _exercise(loaded: Any, lib: Any, entry: Any, row: dict[str, Any], hooks: HookFacts) -> None:
     """The loader's attach, checked; then, when it passed over alternatives, the tracepoint path."""
+    if "events" not in loaded.maps:
+        row["error"] = f"{entry.unit} has no `events` map (docs/DESIGN.md)"
+        return
     schema = schema_from_btf(lib, lib.bpf_object__btf(loaded.obj))
     reader = Reader(lib, loaded.map_fd("events"), schema)
     try:
@@ -289,11 +292,15 @@ def _exercise(loaded: Any, lib: Any, entry: Any, row: dict[str, Any], hooks: Hoo
         reader.close()
 
 
+def _new_row(entry: Any) -> dict[str, Any]:
+    return {"unit": entry.unit, "program": entry.program, "kind": entry.kind, "variant": entry.raw["variant"],
+            "select": "not run", "load": "not run", "attach": "not run", "event": "not run", "programs": [],
+            "events": {}, "kinds": {}, "counters": {}, "tracepoint_pass": {}, "workload": {}, "error": "",
+            "verifier_log": "", "timing": {}}
+
+
 def _check(entry: Any, facts: Any, manifest: Any, hooks: HookFacts) -> dict[str, Any]:
-    row: dict[str, Any] = {"unit": entry.unit, "program": entry.program, "kind": entry.kind,
-                           "variant": entry.raw["variant"], "select": "fail", "load": "not run", "attach": "not run",
-                           "event": "not run", "programs": [], "events": {}, "kinds": {}, "counters": {},
-                           "tracepoint_pass": {}, "error": "", "verifier_log": "", "timing": {}}
+    row = _new_row(entry)
     # CO-RE is what a host without an exact build gets: selected from the CO-RE entries alone.
     pool = manifest if entry.kind == "exact" else dataclasses.replace(
         manifest, entries=tuple(e for e in manifest.entries if e.kind == "core"))
@@ -301,10 +308,10 @@ def _check(entry: Any, facts: Any, manifest: Any, hooks: HookFacts) -> dict[str,
         choice = select(pool, _variant_facts(facts, entry.wrapper), entry.program, debug=entry.debug,
                         strict=entry.kind == "exact")
     except HidsError as exc:
-        row["error"] = f"selection: {exc}"
+        row.update(select="fail", error=f"selection: {exc}")
         return row
     if choice.entry.unit != entry.unit:
-        row["error"] = f"selection picked {choice.entry.unit}"
+        row.update(select="fail", error=f"selection picked {choice.entry.unit}")
         return row
     row["select"] = "ok"
     lib = lb.get()
@@ -365,8 +372,14 @@ def main() -> int:
         for entry in sorted(entries, key=lambda e: (e.kind != "exact", e.unit)):
             print(f"hids-verify: {entry.unit}", flush=True)
             started = time.monotonic()
-            doc["rows"].append(_check(entry, facts, manifest, hooks))
-            doc["rows"][-1]["seconds"] = round(time.monotonic() - started, 1)
+            try:
+                row = _check(entry, facts, manifest, hooks)
+            except Exception as exc:  # one broken object must not hide the others' results
+                row = _new_row(entry)
+                row.update(event="fail", error=f"the check broke: {type(exc).__name__}: {exc}",
+                           traceback=traceback.format_exc())
+            row["seconds"] = round(time.monotonic() - started, 1)
+            doc["rows"].append(row)
     except Exception as exc:  # the host must always get a document, whatever broke in here
         doc["error"] = f"{type(exc).__name__}: {exc}"
         doc["traceback"] = traceback.format_exc()
