@@ -160,7 +160,7 @@ def _fetch(apt: PrivateApt, kernel: Kernel, ref: PackageRef, cache: Path) -> Ker
         write_checked(image.config, config.read_bytes())
         write_checked(image.vmlinuz, vmlinuz.read_bytes())
         shutil.rmtree(modules, ignore_errors=True)
-        modules.mkdir()
+        modules.mkdir(exist_ok=True)
         picked = _pick_module(tree)
         if picked is None:
             no_module.write_text(f"{deb.name} holds no dependency-free module under {', '.join(_MODULE_DIRS)}\n")
