@@ -7,6 +7,7 @@ size and a clean parse by clang before it is cached, and its hash is checked on 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -16,15 +17,22 @@ from . import containers
 from .artifacts import discard, read_checked, write_checked
 from .errors import HeadersUnavailable
 from .headers import KernelHeaders
+from .kernels import CoreTarget
 from .owners import make_scratch
 from .units import HEADERS_DIR
 
-__all__ = ["generate", "load", "problem"]
+__all__ = ["cache_path", "generate", "load", "problem"]
 
 # A kernel's full BTF as C is megabytes (2.5 MB for 6.12); a dump far smaller than this was cut.
 _MIN_SIZE = 256 * 1024
 _GUARD_OPEN = b"#ifndef __VMLINUX_H__\n#define __VMLINUX_H__\n"
 _GUARD_CLOSE = re.compile(rb"#endif /\* __VMLINUX_H__ \*/\s*\Z")
+
+
+def cache_path(cache_dir: Path, target: CoreTarget) -> Path:
+    """Where the vmlinux.h of a CO-RE target is cached: by the exact header packages it comes from."""
+    ident = hashlib.sha256(",".join(f"{p}={target.btf_from.version}" for p in target.btf_from.headers).encode())
+    return cache_dir / "btf" / ident.hexdigest()[:16] / target.arch / "vmlinux.h"
 
 
 def problem(data: bytes) -> str | None:

@@ -87,9 +87,7 @@ class _Planner:
         return skip_reason(unit, self._configs[unit.kernel])
 
     def btf_header(self, arch: str) -> Path:
-        target = next(c for c in self.matrix.core if c.arch == arch)
-        ident = hashlib.sha256(",".join(f"{p}={target.btf_from.version}" for p in target.btf_from.headers).encode())
-        return self.cache_dir / "btf" / ident.hexdigest()[:16] / arch / "vmlinux.h"
+        return btf_header.cache_path(self.cache_dir, next(c for c in self.matrix.core if c.arch == arch))
 
     def job(self, unit: Unit) -> Job | None:
         """The unit's job, or None while an input it depends on is not on disk yet."""
