@@ -3,7 +3,8 @@ its vmlinuz and config extracted once and cached by package, version and arch.
 
 Debian up to trixie ships both in the image package's /boot. Newer suites split the image: the
 `linux-image-<release>` package only depends on `linux-binary-<release>` (vmlinuz) and
-`linux-base-<release>` (config), both under /usr/lib/modules/<release>/; those are followed.
+`linux-base-<release>` (config), both under /usr/lib/modules/<release>/, and
+`linux-modules-<release>` (the modules); those are followed.
 
 One module is kept too, for the guest's module_load workload (the initramfs carries no module tree):
 a small one without dependencies, decompressed, so finit_module(2) loads it as it is.
@@ -73,9 +74,9 @@ def _find(tree: Path, kind: str) -> Path | None:
 
 
 def _split_parts(deb: Path, kernel: Kernel) -> list[PackageRef]:
-    """The same-version linux-binary/linux-base packages of this release the image depends on."""
+    """The same-version linux-binary/-base/-modules packages of this release the image depends on."""
     proc = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True)
-    names = re.findall(rf"(linux-(?:binary|base)-{re.escape(kernel.release)})\s*\(=\s*{re.escape(kernel.version)}\)",
+    names = re.findall(rf"(linux-(?:binary|base|modules)-{re.escape(kernel.release)})\s*\(=\s*{re.escape(kernel.version)}\)",
                        proc.stdout)
     return [PackageRef(name, kernel.version, kernel.suite, kernel.deb_arch) for name in sorted(set(names))]
 
@@ -155,7 +156,7 @@ def _fetch(apt: PrivateApt, kernel: Kernel, ref: PackageRef, cache: Path) -> Ker
                 _unpack(part, tree)
         vmlinuz, config = _find(tree, "vmlinuz"), _find(tree, "config")
         if vmlinuz is None or config is None:
-            raise HeadersUnavailable(f"{deb.name} (and the linux-binary/linux-base packages it depends on) "
+            raise HeadersUnavailable(f"{deb.name} (and the linux-binary/-base/-modules packages it depends on) "
                                      f"hold no {'vmlinuz' if vmlinuz is None else 'config'}")
         write_checked(image.config, config.read_bytes())
         write_checked(image.vmlinuz, vmlinuz.read_bytes())
