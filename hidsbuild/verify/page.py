@@ -41,8 +41,14 @@ class Cell:
     reason: str = ""  # for cells without a row: why
 
 
+def _column(unit: str) -> tuple[str, str]:
+    """(program, variant) of a unit; the CO-RE object checked in a kernel's guest is its own column."""
+    program, target, variant = unit.split("/")
+    return program, f"core {variant}" if target.startswith("core-") else variant
+
+
 def _variant_key(variant: str) -> tuple[int, str]:
-    return (0 if variant.startswith("w1") else 1, variant)
+    return (1 if variant.startswith("core") else 0 if variant.startswith("w1") else 2, variant)
 
 
 def _row_outcome(row: dict[str, Any]) -> str:
@@ -66,11 +72,11 @@ def proved_kinds(row: dict[str, Any]) -> list[str]:
 def grid(results: list[KernelResult]) -> tuple[list[tuple[str, str]], list[tuple[KernelResult, list[Cell]]]]:
     """Columns (program, variant) and one row of cells per kernel, in the results' order."""
     units = [r["unit"] for res in results for r in res.rows] + [s["unit"] for res in results for s in res.skipped]
-    columns = sorted({(u.split("/")[0], u.rsplit("/", 1)[1]) for u in units}, key=lambda c: (c[0], _variant_key(c[1])))
+    columns = sorted({_column(u) for u in units}, key=lambda c: (c[0], _variant_key(c[1])))
     table = []
     for res in results:
-        rows = {(r["unit"].split("/")[0], r["unit"].rsplit("/", 1)[1]): r for r in res.rows}
-        skipped = {(s["unit"].split("/")[0], s["unit"].rsplit("/", 1)[1]): s for s in res.skipped}
+        rows = {_column(r["unit"]): r for r in res.rows}
+        skipped = {_column(s["unit"]): s for s in res.skipped}
         cells = []
         for column in columns:
             if column in rows:
@@ -78,7 +84,7 @@ def grid(results: list[KernelResult]) -> tuple[list[tuple[str, str]], list[tuple
                 outcome = _row_outcome(row)
                 cells.append(Cell(outcome, outcome, row["unit"], row))
             elif column in skipped:
-                cells.append(Cell("skipped", "skipped", skipped[column]["unit"], reason=skipped[column]["reason"]))
+                cells.append(Cell("skipped", "skip", skipped[column]["unit"], reason=skipped[column]["reason"]))
             elif not res.rows and res.status != "ok":
                 outcome = "unproved" if unproved([res]) else "down"
                 cells.append(Cell(outcome, res.status, reason=res.reason))
