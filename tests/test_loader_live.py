@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,9 @@ pytest_plugins = ["conftest_loader"]
 
 from conftest_loader import ROOT  # puts loader/ on sys.path
 from hids_bytecode import api, libbpf
+from hids_bytecode.attach import load_object
 from hids_bytecode.btf_layout import schema_from_object_file
+from hids_bytecode.errors import LoadError
 from hids_bytecode.events import read_counters
 from hids_bytecode.manifest import load_manifest
 from hids_bytecode.mounts import ensure_mounted
@@ -170,3 +174,33 @@ def test_counters_count_what_was_emitted(env: dict[str, str], tmp_path: Path) ->
         assert set(counts["exec"]) == {"emitted", "dropped"}
     finally:
         assert cli(env, "unload", "mini").returncode == 0
+
+
+def test_verifier_rejection_carries_the_whole_log(env: dict[str, str]) -> None:
+    """One load gives both the one-line reason and libbpf's whole output (the verifier's log)."""
+    with pytest.raises(LoadError) as caught:
+        api.load("rejected")
+    assert "rejected by the verifier: invalid access to map value" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    log = caught.value.log
+    assert re.search(r"^\d+: \(", log, re.M), "no instruction line: not the verifier's own log"
+    assert "invalid access to map value" in log and "processed" in log
+
+
+def _bpftool_shows(kind: str, ident: int) -> bool:
+    return subprocess.run(["bpftool", kind, "show", "id", str(ident)], capture_output=True).returncode == 0
+
+
+def test_loaded_object_is_freed_when_its_block_ends(env: dict[str, str]) -> None:
+    """load_object -> attached and owned here; leaving the `with` detaches and frees it (nothing pinned)."""
+    choice = api.choose("mini")
+    data, _ = api.object_for(choice, api.host_facts())
+    with load_object(libbpf.get(), data, "mini", agent_tgid=os.getpid()) as loaded:
+        assert loaded.links, "nothing attached"
+        fdinfo = Path(f"/proc/self/fdinfo/{loaded.map_fd('events')}").read_text()
+        map_id = int(re.search(r"^map_id:\s+(\d+)", fdinfo, re.M).group(1))
+        assert _bpftool_shows("map", map_id)
+    deadline = time.monotonic() + 5
+    while _bpftool_shows("map", map_id) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kernel frees a map after an RCU grace period
+    assert not _bpftool_shows("map", map_id), "the object outlived its block"

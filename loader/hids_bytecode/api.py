@@ -21,14 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import interrupts
 from . import libbpf as lb
-from .attach import (
-    ProgramReport,
-    attach_all,
-    open_and_load,
-    pin_all,
-    set_agent_tgid,
-    write_agent_tgid,
-)
+from .attach import ProgramReport, load_object, set_agent_tgid
 from .bpftool_backend import load_with_bpftool
 from .errors import AlreadyLoaded, InvalidArgument, LoadError
 from .hostinfo import HostFacts, gather
@@ -147,16 +140,10 @@ def _load_into(staging: Path, data: bytes, choice: Choice, options: Options, tgi
             finally:
                 os.close(fd)
         return reports
-    loaded = open_and_load(lb.get(echo=options.verbose), data, choice.entry.unit, options.btf)
-    try:
-        interrupts.check()
-        write_agent_tgid(loaded, tgid)
-        reports = attach_all(loaded)
-        interrupts.check()
-        pin_all(loaded, staging)
-        return reports
-    finally:
-        loaded.close()
+    # The pins hold the object once this process's references go at the block's end.
+    with load_object(lb.get(echo=options.verbose), data, choice.entry.unit, agent_tgid=tgid, btf_path=options.btf,
+                     pin_into=staging) as loaded:
+        return loaded.reports
 
 
 def unload(program: str) -> list[Path]:

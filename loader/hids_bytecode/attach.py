@@ -1,6 +1,11 @@
-"""Load an object through libbpf, write the agent's tgid into `config`, attach by group policy and
-pin (into a staging directory the caller renames into place: pins.py). Groups are `<group>__<hook>` programs; per docs/DESIGN.md the kprobe family is tried first,
-then the tracepoint family, and a family is used only when all its programs attach."""
+"""The one load path: `load_object` opens an object through libbpf, loads it, writes the agent's
+tgid into `config`, attaches by group policy and pins (into a staging directory the caller renames
+into place: pins.py), and undoes all of it when a step fails or a signal arrives; the returned
+`LoadedObject` is a context manager whose exit detaches and frees what this process holds (pins
+stay). `load`, `watch`/`stream` and the VM guest check all go through it.
+
+Groups are `<group>__<hook>` programs; per docs/DESIGN.md the kprobe family is tried first, then the
+tracepoint family, and a family is used only when all its programs attach."""
 
 from __future__ import annotations
 
@@ -8,14 +13,16 @@ import ctypes
 import errno
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import interrupts
 from . import libbpf as lb
 from .errors import AttachError, LoadError, NotPermitted
 
-__all__ = ["ProgramReport", "LoadedObject", "open_and_load", "attach_all", "write_agent_tgid", "set_agent_tgid", "pin_all",
-           "family_of", "FAMILY_ORDER"]
+__all__ = ["ProgramReport", "LoadedObject", "load_object", "open_and_load", "attach_all", "write_agent_tgid",
+           "set_agent_tgid", "pin_all", "family_of", "FAMILY_ORDER"]
 
 FAMILY_ORDER = ("kprobe", "tracepoint", "other")
 _FAMILIES = {
@@ -47,6 +54,9 @@ class ProgramReport:
 
 @dataclass
 class LoadedObject:
+    """An object loaded into the kernel and owned by this process. Closing it (or leaving its
+    `with` block) detaches its links and frees its programs and maps; pinned ones stay in bpffs."""
+
     lib: lb.Libbpf
     obj: int
     programs: dict[str, int] = field(default_factory=dict)  # name -> struct bpf_program *
@@ -64,6 +74,17 @@ class LoadedObject:
         if self.obj:
             self.lib.bpf_object__close(self.obj)
             self.obj = 0
+
+    def __enter__(self) -> LoadedObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with interrupts.deferred():
+            self.close()
+
+
+def _log(collected: list[tuple[str, str]]) -> str:
+    return "\n".join(text for _, text in collected)
 
 
 def _last_libbpf_line(collected: list[tuple[str, str]]) -> str:
@@ -105,7 +126,7 @@ def open_and_load(lib: lb.Libbpf, data: bytes, label: str, btf_path: str | None 
     with lb.capture() as collected:
         obj = lib.bpf_object__open_mem(buf, len(data), ctypes.byref(opts) if opts else None)
     if not obj:
-        raise LoadError(f"{label}: libbpf cannot open the object: {_last_libbpf_line(collected)}")
+        raise LoadError(f"{label}: libbpf cannot open the object: {_last_libbpf_line(collected)}", _log(collected))
     loaded = LoadedObject(lib, obj)
     prog = lib.bpf_object__next_program(obj, None)
     while prog:
@@ -122,7 +143,7 @@ def open_and_load(lib: lb.Libbpf, data: bytes, label: str, btf_path: str | None 
         if rc == -errno.EPERM and os.geteuid() != 0:
             raise NotPermitted(f"{label}: loading BPF needs root (CAP_BPF, CAP_PERFMON); run hids-bytecode as root")
         reason = _verifier_reason(collected) or f"load failed ({lib.strerror(rc)}): {_last_libbpf_line(collected)}"
-        raise LoadError(f"{label}: {reason} (--verbose shows libbpf's full log)")
+        raise LoadError(f"{label}: {reason} (--verbose shows libbpf's full log)", _log(collected))
     return loaded
 
 
@@ -225,4 +246,35 @@ def pin_all(loaded: LoadedObject, staging: Path) -> None:
         with lb.capture() as collected:
             rc = fn(ptr, str(path).encode())
         if rc != 0:
-            raise LoadError(f"cannot pin {path}: {lib.strerror(rc)} {_last_libbpf_line(collected)}")
+            raise LoadError(f"cannot pin {path}: {lib.strerror(rc)} {_last_libbpf_line(collected)}", _log(collected))
+
+
+def load_object(lib: lb.Libbpf, data: bytes, label: str, *, agent_tgid: int, btf_path: str | None = None,
+                attach: bool = True, pin_into: Path | None = None, require_maps: Iterable[str] = ()) -> LoadedObject:
+    """Open and load the (hash-checked) `data`, give `config` the agent `agent_tgid` (0: filter
+    nothing), then attach (unless `attach` is false) and pin under `pin_into` (when given).
+
+    SIGINT/SIGTERM are held while libbpf runs and act between steps (Interrupted, via the caller's
+    handler); on that or any failure every step done so far is undone before the error propagates,
+    so the caller gets a complete object or nothing. `require_maps` missing: LoadError."""
+    loaded: LoadedObject | None = None
+    try:
+        with interrupts.deferred():
+            loaded = open_and_load(lib, data, label, btf_path)
+            interrupts.check()
+            missing = [name for name in require_maps if name not in loaded.maps]
+            if missing:
+                raise LoadError(f"{label} has no `{missing[0]}` map (docs/DESIGN.md)")
+            write_agent_tgid(loaded, agent_tgid)
+            if attach:
+                attach_all(loaded)
+                interrupts.check()
+            if pin_into is not None:
+                pin_all(loaded, pin_into)
+                interrupts.check()
+    except BaseException:
+        if loaded is not None:  # a signal held until the block's end lands here too
+            with interrupts.deferred():
+                loaded.close()
+        raise
+    return loaded

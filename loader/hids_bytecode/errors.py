@@ -68,7 +68,14 @@ class LibbpfMissing(HidsError):
 
 
 class LoadError(HidsError):
+    """`log` holds everything libbpf printed during the failed step (the verifier's whole log for a
+    rejected program), so a caller never has to load again to see it."""
+
     exit_code = 19
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
 
 
 class AttachError(HidsError):

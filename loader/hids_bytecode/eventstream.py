@@ -31,7 +31,7 @@ from typing import Any
 
 from . import interrupts
 from . import libbpf as lb
-from .attach import LoadedObject, attach_all, open_and_load, set_agent_tgid, write_agent_tgid
+from .attach import LoadedObject, load_object, set_agent_tgid
 from .btf_layout import Schema, schema_from_object_file
 from .errors import HidsError, Interrupted, InvalidArgument, LoadError, NotLoaded
 from .events import PERF_EVENT_ARRAY, RINGBUF, map_info, read_counters
@@ -188,18 +188,9 @@ class Stream:
                       holder, (st.st_dev, st.st_ino))
 
     def _load_for_run(self, program: str, data: bytes, label: str) -> Source:
-        with interrupts.deferred():
-            loaded = open_and_load(self._lib, data, label, self.options.btf)
-        try:
-            if "events" not in loaded.maps:
-                raise LoadError(f"{label} has no `events` map (docs/DESIGN.md)")
-            with interrupts.deferred():
-                write_agent_tgid(loaded)  # this process holds the only references: they die with it
-                attach_all(loaded)
-        except BaseException:
-            with interrupts.deferred():
-                loaded.close()
-            raise
+        # This process is the agent and holds the only references: the object dies with it.
+        loaded = load_object(self._lib, data, label, agent_tgid=os.getpid(), btf_path=self.options.btf,
+                             require_maps=("events",))
         counters = loaded.map_fd("counters") if "counters" in loaded.maps else None
         return Source(program, self._schemas[program], loaded.map_fd("events"), counters, loaded=loaded)
 
