@@ -15,7 +15,7 @@ from typing import Any
 
 from . import api, interrupts
 from .errors import EXIT_CODES, HidsError, IntegrityError, InvalidArgument, NotPermitted
-from .hostinfo import what_if
+from .hostinfo import SUPPORTED_ARCHES, what_if
 from .integrity import verify_manifest
 from .manifest import DATA_ENV, Manifest, load_manifest, read_provenance
 from .selection import RUNTIME_ENV, explain_lines
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what-if: the choice for a host running this `uname -r` instead of this host (a "
                         "pre-upgrade check); facts a kernel cannot be asked are derived from its version and "
                         "shown as such")
-    p.add_argument("--arch", choices=("x86_64", "aarch64"), help="with --kernel: that host's `uname -m`")
+    p.add_argument("--arch", choices=SUPPORTED_ARCHES, help="with --kernel: that host's `uname -m`")
     p.add_argument("--version-signature", metavar="TEXT",
                    help="with --kernel: that host's /proc/version_signature (Ubuntu), which names the upstream "
                         "version")

@@ -6,17 +6,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arches import ARCHES
 from .errors import HostFactError, UnknownArch
 from .kallsyms import KALLSYMS, WrapperFact, detect_syscall_wrapper
 from .kversion import KernelVersion, upstream_version
 
 __all__ = ["Fact", "HostFacts", "gather", "what_if", "SUPPORTED_ARCHES", "BTF_PATH"]
 
-SUPPORTED_ARCHES = ("x86_64", "aarch64")
+SUPPORTED_ARCHES = tuple(ARCHES)
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 _VERSION_SIGNATURE = Path("/proc/version_signature")
-# Syscalls are entered through per-arch wrappers (__x64_sys_*, __arm64_sys_*) since these versions.
-_WRAPPER_SINCE = {"x86_64": (4, 17), "aarch64": (4, 19)}
 _BTF_SINCE = (5, 2)  # /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)
 _OS_RELEASE = (Path("/etc/os-release"), Path("/usr/lib/os-release"))
 
@@ -113,9 +112,9 @@ def what_if(release: str, arch: str | None = None, version_signature: str | None
     if arch not in SUPPORTED_ARCHES:
         raise UnknownArch(f"unsupported architecture {arch!r} (--arch); supported: {', '.join(SUPPORTED_ARCHES)}")
     version = upstream_version(release, "", version_signature)
-    since = _WRAPPER_SINCE[arch]
+    since = ARCHES[arch].wrapper_since
     wrapper = version.tuple[:2] >= since
-    symbol = f"{arch} kernels >= {since[0]}.{since[1]} enter syscalls through wrappers"
+    symbol = f"{arch} kernels >= {since[0]}.{since[1]} enter syscalls through wrappers ({ARCHES[arch].syscall_prefix}*)"
     if btf_path is not None:
         btf, btf_source = btf_path.is_file(), f"{btf_path} " + ("present" if btf_path.is_file() else "absent")
     else:
