@@ -13,14 +13,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "loader"))
 LOADER_DATA = ROOT / "tests" / "data" / "loader"
 MINI_SOURCE = LOADER_DATA / "mini_hids.bpf.c"
 PROGRAM = "mini"

@@ -34,13 +34,15 @@ import yaml
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT, write_manifest  # puts loader/ on sys.path
+from conftest_loader import ROOT, write_manifest
 from hids_bytecode import schema_map
 from hids_bytecode.identity import Container, cgroup2_mount, container_of
 from hids_bytecode.pins import PIN_ENV
 from hids_bytecode.selection import Step, explain_lines
 from hids_bytecode.stats import prometheus
 from hids_bytecode.walltime import WallClock, rfc3339
+
+pytestmark = pytest.mark.integration
 
 SCHEMAS = ROOT / "tests" / "data" / "schemas"
 ECS_FIELDS: dict[str, Any] = yaml.safe_load((SCHEMAS / "ecs" / "ecs_flat.subset.yml").read_text())

@@ -20,6 +20,8 @@ from hidsbuild.bundle import bundle_wheels
 from hidsbuild.errors import BundleError
 from hidsbuild.versioning import VERSION
 
+pytestmark = pytest.mark.integration
+
 WHEEL_GLOB = "hids_bytecode-*-py3-none-manylinux_2_17_x86_64.whl"
 
 

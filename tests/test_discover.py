@@ -30,6 +30,8 @@ from hidsbuild.discover import DEFAULT_SUITES, Served, discover, kernels_in, new
 from hidsbuild.errors import ConfigError, HeadersUnavailable
 from hidsbuild.kernels import load_matrix
 
+pytestmark = pytest.mark.integration
+
 DATA = ROOT / "tests" / "data" / "discover"
 BOOKWORM_SECURITY = (DATA / "bookworm-security_arm64_Packages").read_bytes()
 BULLSEYE_SECURITY = (DATA / "bullseye-security_arm64_Packages").read_bytes()

@@ -21,6 +21,8 @@ from hidsbuild.btf_header import cache_path
 from hidsbuild.containers import LABEL
 from hidsbuild.kernels import load_matrix
 
+pytestmark = pytest.mark.integration
+
 CORE_FROM = "7.2.13+deb14-cloud-amd64"
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from test_signing import build_dir_from_data, invoke, make_loader_data, trust_dir
 
+pytestmark = pytest.mark.integration
+
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 

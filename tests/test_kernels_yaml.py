@@ -11,6 +11,8 @@ import pytest
 from hidsbuild.errors import ConfigError
 from hidsbuild.kernels import load_matrix
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = """\

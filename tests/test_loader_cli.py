@@ -20,10 +20,21 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT, clone_data  # puts loader/ on sys.path
+from conftest_loader import ROOT, clone_data
 from hids_bytecode.errors import EXIT_CODES
 
-COMMANDS = ["select", "load", "unload", "watch", "list", "verify"]
+_SELECTION = ["--debug", "--strict", "--runtime-compile", "--json", "--verbose", "--btf"]
+# What each command's --help must name and explain: written here, not read from the parser.
+COMMANDS = {
+    "select": ["programs", "--explain", "--detail", "--kernel", "--arch", "--version-signature", *_SELECTION],
+    "load": ["programs", "--agent-pid", "--backend", *_SELECTION],
+    "unload": ["programs", "--json"],
+    "watch": ["programs", "--format", "--window-ms", "--count", *_SELECTION],
+    "stats": ["programs", "--json", "--prometheus"],
+    "list": ["--json"],
+    "verify": ["--json"],
+    "provenance": ["--json"],
+}
 
 
 def run(data: Path | None, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -44,10 +55,28 @@ def test_exit_codes_are_distinct() -> None:
     assert len(set(EXIT_CODES.values())) == len(EXIT_CODES)
 
 
+def _explanation(help_text: str, name: str) -> str:
+    """The help text argparse prints for option or positional `name` (same line or the next)."""
+    lines = help_text.splitlines()
+    for index, line in enumerate(lines):
+        entry = re.match(rf"  (?:-\w, )?{re.escape(name)}\b(?: [A-Z_]+| {{[^}}]+}})?(?:\s{{2,}}(.*))?$", line)
+        if entry:
+            following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+            return entry.group(1) or following
+    return ""
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_explains_itself(command: str) -> None:
     proc = run(None, command, "--help")
-    assert proc.returncode == 0 and len(proc.stdout) > 200
+    assert proc.returncode == 0, proc.stderr
+    usage, _, rest = proc.stdout.partition("\n\n")
+    assert usage.startswith(f"usage: hids-bytecode {command} ")
+    description = rest.split("\n\n", 1)[0]
+    assert not description.startswith(("positional arguments", "options")), f"{command} has no description"
+    for name in COMMANDS[command]:
+        assert name.startswith("-") or name in usage, f"{command}'s usage omits {name}"
+        assert len(_explanation(proc.stdout, name)) > 10, f"{command} --help does not explain {name}"
 
 
 def test_version_list_verify(loader_data: Path) -> None:
@@ -77,6 +106,7 @@ def _tamper(data: Path) -> Path:
     return obj
 
 
+@pytest.mark.integration  # root: loads, or takes the pin tree
 def test_tampered_object_is_refused_before_any_bpf_call(loader_data: Path, tmp_path: Path) -> None:
     data = clone_data(loader_data, tmp_path / "data")
     obj = _tamper(data)
@@ -90,12 +120,14 @@ def test_tampered_object_is_refused_before_any_bpf_call(loader_data: Path, tmp_p
     assert verified.returncode == EXIT_CODES["IntegrityError"] and "FAIL mini/" in verified.stdout
 
 
+@pytest.mark.integration  # root: loads, or takes the pin tree
 def test_missing_libbpf_names_the_package(loader_data: Path) -> None:
     proc = run(loader_data, "load", "mini", HIDS_LIBBPF="/nonexistent/libbpf.so.1")
     assert_one_line_failure(proc, "LibbpfMissing")
     assert "libbpf1" in proc.stderr
 
 
+@pytest.mark.integration  # root: loads, or takes the pin tree
 def test_verifier_rejection_is_one_line_and_leaves_no_pins(loader_data: Path) -> None:
     proc = run(loader_data, "load", "rejected")
     assert_one_line_failure(proc, "LoadError")
@@ -103,6 +135,7 @@ def test_verifier_rejection_is_one_line_and_leaves_no_pins(loader_data: Path) ->
     assert not Path(f"/sys/fs/bpf/hids-test-{os.getpid()}/rejected").exists()
 
 
+@pytest.mark.integration  # root: loads, or takes the pin tree
 def test_unload_of_nothing_loaded(loader_data: Path) -> None:
     assert_one_line_failure(run(loader_data, "unload", "mini"), "NotLoaded")
 
@@ -128,6 +161,7 @@ def test_runtime_compile_refusal_lists_what_was_tried(loader_data: Path) -> None
     assert "debug False != wanted True" in refused["steps"][1]["reason"]
 
 
+@pytest.mark.integration  # root: loads, or takes the pin tree
 def test_unprivileged_user_selects_but_cannot_load(loader_data: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     # A real unprivileged run: kallsyms still names the wrapper (addresses hidden), bpf() is refused.
     python = Path("/usr/bin/python3")

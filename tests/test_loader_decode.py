@@ -15,7 +15,6 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT  # noqa: F401  (puts loader/ on sys.path)
 from hids_bytecode import libbpf
 from hids_bytecode.btf_layout import _Btf, schema_from_object_file
 from hids_bytecode.manifest import load_manifest

@@ -16,9 +16,15 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import LOADER_DATA  # puts loader/ on sys.path
-from hids_bytecode.errors import (BtfUnavailable, KallsymsUndecided, KallsymsUnavailable, NoMatch,
-                                  UnknownArch, UnknownRelease)
+from conftest_loader import LOADER_DATA
+from hids_bytecode.errors import (
+    BtfUnavailable,
+    KallsymsUnavailable,
+    KallsymsUndecided,
+    NoMatch,
+    UnknownArch,
+    UnknownRelease,
+)
 from hids_bytecode.hostinfo import gather
 from hids_bytecode.kallsyms import detect_syscall_wrapper
 from hids_bytecode.kversion import parse_release, upstream_version

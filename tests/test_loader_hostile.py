@@ -6,6 +6,8 @@ under a root-owned 0755 directory: the attacker can reach it as on a careless ho
 test's pins never meet another test's.
 """
 
+# ruff: noqa: E402
+
 from __future__ import annotations
 
 import ctypes
@@ -26,13 +28,14 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT  # puts loader/ on sys.path
+from conftest_loader import ROOT
 from hids_bytecode import api, libbpf
 from hids_bytecode.errors import EXIT_CODES, InvalidArgument
 from hids_bytecode.mounts import ensure_mounted
 from hids_bytecode.pins import PIN_ENV
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loads eBPF and mounts bpffs: needs root")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0, reason="loads eBPF and mounts bpffs: needs root")]
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 MAPS = {"events", "counters", "config"}
 

@@ -24,13 +24,14 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT, clone_data  # puts loader/ on sys.path
+from conftest_loader import ROOT, clone_data
 from hids_bytecode.elfinfo import ElfError, inventory
 from hids_bytecode.errors import EXIT_CODES, HostFactError, RuntimeCompileError
 from hids_bytecode.hostinfo import gather
 from hids_bytecode.manifest import Entry, load_manifest
-from hids_bytecode.runtime_compile import (CACHE_ENV, TRUSTED_DIRS, RuntimePlan, compile_object,
-                                           plan_runtime_compile)
+from hids_bytecode.runtime_compile import CACHE_ENV, TRUSTED_DIRS, RuntimePlan, compile_object, plan_runtime_compile
+
+pytestmark = pytest.mark.integration
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 needs_setpriv = pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
@@ -302,7 +303,8 @@ def test_object_whose_programs_or_maps_differ_from_its_entry_is_refused(loader_d
     stderr = refused(run(data, "select", "mini"), "IntegrityError")
     assert "maps not in its manifest entry: config" in stderr and "extra__kprobe (kprobe/x)" in stderr
     verified = run(data, "verify")
-    assert verified.returncode == EXIT_CODES["IntegrityError"] and "does not match its manifest entry" in verified.stdout
+    assert verified.returncode == EXIT_CODES["IntegrityError"]
+    assert "does not match its manifest entry" in verified.stdout
     # Restored: accepted again (the check is not refusing everything).
     _edit(data, "mini", maps=entry["maps"], programs=entry["programs"])
     assert run(data, "select", "mini").returncode == 0

@@ -21,7 +21,7 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT  # puts loader/ on sys.path
+from conftest_loader import ROOT
 from hids_bytecode import api, libbpf
 from hids_bytecode.attach import load_object
 from hids_bytecode.btf_layout import schema_from_object_file
@@ -30,6 +30,8 @@ from hids_bytecode.events import read_counters
 from hids_bytecode.manifest import load_manifest
 from hids_bytecode.mounts import ensure_mounted
 from hids_bytecode.pins import PIN_ENV
+
+pytestmark = pytest.mark.integration
 
 _KPROBES = Path("/sys/bus/event_source/devices/kprobe").exists()
 _MAX_EVENTS = 200_000  # the whole host's opens and execs flow through; a bound, not a timing

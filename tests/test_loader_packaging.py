@@ -18,7 +18,7 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT, clone_data  # puts loader/ on sys.path
+from conftest_loader import ROOT, clone_data
 from hids_bytecode import api, libbpf
 from hids_bytecode.attach import open_and_load
 from hids_bytecode.errors import IntegrityError
@@ -26,6 +26,8 @@ from hids_bytecode.hostinfo import gather
 from hids_bytecode.manifest import load_manifest
 from hids_bytecode.pins import PIN_ENV
 from hids_bytecode.runtime_compile import CACHE_ENV, RuntimePlan, _rewrite, compile_plan
+
+pytestmark = pytest.mark.integration
 
 
 def test_installed_layout_finds_its_data_without_the_env_var(loader_data: Path, tmp_path: Path) -> None:

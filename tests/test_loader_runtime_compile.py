@@ -22,12 +22,14 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT  # noqa: F401  (puts loader/ on sys.path)
+from conftest_loader import ROOT
 from hids_bytecode.hostinfo import gather
 from hids_bytecode.kallsyms import WrapperFact
 from hids_bytecode.kversion import upstream_version
 from hids_bytecode.manifest import Entry
 from hids_bytecode.runtime_compile import CACHE_ENV, compile_plan, plan_runtime_compile
+
+pytestmark = pytest.mark.integration
 
 HEADER_CACHE = ROOT / ".cache" / "tests" / "headers"
 

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import ROOT, TEST_PROJECT, copy_project, fresh_cache
 
@@ -15,6 +16,8 @@ from hidsbuild.pch import prologue, shared_header
 from hidsbuild.pipeline import BuildOptions, BuildResult, build_all
 from hidsbuild.stitch import stitch
 from hidsbuild.units import PCH_EXCLUDED_MACROS, pch_args
+
+pytestmark = pytest.mark.integration
 
 
 def _stitched(name: str) -> str:

@@ -13,6 +13,8 @@ from elftools.elf.elffile import ELFFile
 from conftest import TEST_PROJECT, copy_project, fresh_cache, run_build
 from hidsbuild.validate import validate_object
 
+pytestmark = pytest.mark.integration
+
 
 def index(build: Path) -> dict:
     return json.loads((build / "index.json").read_text())

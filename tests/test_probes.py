@@ -22,7 +22,7 @@ import yaml
 from conftest import ROOT, fresh_cache, run_build
 
 DRIVER = ROOT / "tests" / "data" / "probes" / "driver.py"
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading eBPF needs root")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="loading eBPF needs root")]
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,10 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT, make_loader_data  # puts loader/ on sys.path
+from conftest_loader import ROOT, make_loader_data
 from hids_bytecode.errors import EXIT_CODES
+
+pytestmark = pytest.mark.integration
 
 INVOKE = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
 PIN_ROOT = f"/sys/fs/bpf/hids-test-signing-{os.getpid()}"

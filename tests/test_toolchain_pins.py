@@ -20,6 +20,8 @@ from hidsbuild.errors import ConfigError
 from hidsbuild.kernels import load_matrix
 from hidsbuild.toolchain import _render_dockerfile, recipe_hash
 
+pytestmark = pytest.mark.integration
+
 
 def _matrix_text() -> str:
     return (TEST_PROJECT / "kernels.yaml").read_text()
