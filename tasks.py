@@ -74,11 +74,14 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
         "no_bundle": "stop after build/ and skip the wheel",
         "rebuild_toolchain": "build the toolchain image anew without docker's layer cache (same pins: the objects "
                              "must come out byte-identical)",
+        "sign_key": "Ed25519 private key (PEM) that signs each wheel's manifest (default: the path in "
+                    "$HIDS_SIGNING_KEY; neither: unsigned, and the closing output says so)",
     }
 )
 @_reported
 def build_all(c, matrix=str(DEFAULT_MATRIX), build_dir=str(DEFAULT_BUILD), dist=str(DEFAULT_DIST),
-              cache_dir=str(DEFAULT_CACHE), shard=None, jobs=0, no_bundle=False, rebuild_toolchain=False):
+              cache_dir=str(DEFAULT_CACHE), shard=None, jobs=0, no_bundle=False, rebuild_toolchain=False,
+              sign_key=None):
     """Compile every program x kernel x variant in the toolchain container, validate, and bundle the wheel."""
     from hidsbuild.pipeline import BuildOptions, build_all as run
 
@@ -86,7 +89,7 @@ def build_all(c, matrix=str(DEFAULT_MATRIX), build_dir=str(DEFAULT_BUILD), dist=
     run(BuildOptions(Path(matrix).resolve(), Path(build_dir).resolve(), Path(cache_dir).resolve(),
                      _parse_shard(shard), jobs or None, bool(rebuild_toolchain)))
     if not (shard or no_bundle):
-        bundle(c, build_dir=build_dir, dist=dist)
+        bundle(c, build_dir=build_dir, dist=dist, sign_key=sign_key)
 
 
 @task(
@@ -94,16 +97,39 @@ def build_all(c, matrix=str(DEFAULT_MATRIX), build_dir=str(DEFAULT_BUILD), dist=
         "build_dir": "build output to bundle (default: build/)",
         "dist": "where the wheel goes (default: dist/)",
         "merge": "bundle these shard build directories together instead (repeatable)",
+        "sign_key": "Ed25519 private key (PEM) that signs each wheel's manifest (default: the path in "
+                    "$HIDS_SIGNING_KEY; neither: unsigned, and the closing output says so)",
     },
     iterable=["merge"],
 )
 @_reported
-def bundle(c, build_dir=str(DEFAULT_BUILD), dist=str(DEFAULT_DIST), merge=None):
-    """Package the loader and every built object into one wheel per arch in dist/."""
+def bundle(c, build_dir=str(DEFAULT_BUILD), dist=str(DEFAULT_DIST), merge=None, sign_key=None):
+    """Package the loader and every built object into one wheel per arch in dist/, with provenance, signed."""
     from hidsbuild.bundle import bundle_wheels
+    from hidsbuild.signing import resolve_key_path
 
     sources = [Path(m) for m in merge] if merge else [Path(build_dir)]
-    bundle_wheels(sources, Path(dist))
+    bundle_wheels(sources, Path(dist), sign_key=resolve_key_path(sign_key))
+
+
+@task(
+    help={
+        "out": "directory for <name>.key (private, 0600) and <name>.pub (public); existing keys are never overwritten",
+        "name": "file name stem (default: hids-build-<date>, so rotated keys sit side by side)",
+    }
+)
+@_reported
+def generate(c, out, name=None):
+    """Make a new Ed25519 build key pair: the .key goes to CI as a secret, the .pub to every host's trust dir."""
+    import datetime
+
+    from hidsbuild.signing import generate_keys, load_signing_key
+
+    stem = name or f"hids-build-{datetime.date.today():%Y%m%d}"
+    private, public = generate_keys(Path(out), stem)
+    print(f"private key {private} (0600: a CI secret, never on hosts)")
+    print(f"public key  {public} (copy to /etc/hids-bytecode/keys/ on hosts)")
+    print(f"fingerprint {load_signing_key(private).fingerprint}")
 
 
 @task(
@@ -241,9 +267,13 @@ def verify(c, matrix=str(DEFAULT_MATRIX), dist=str(DEFAULT_DIST), cache_dir=str(
 kernels = Collection("kernels")
 kernels.add_task(discover)
 
+keys = Collection("keys")
+keys.add_task(generate)
+
 ns = Collection()
 ns.add_task(build_all)
 ns.add_task(bundle)
 ns.add_task(bench)
 ns.add_task(verify)
 ns.add_collection(kernels)
+ns.add_collection(keys)
