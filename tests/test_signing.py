@@ -281,7 +281,7 @@ def test_no_key_configured_runs_unverified_unless_required(data: Path, tmp_path:
 
 
 @pytest.mark.parametrize("unsafe", ["world-writable dir", "group-writable key", "symlinked dir", "foreign owner",
-                                    "hard-linked key", "not an ed25519 key"])
+                                    "hard-linked key", "not an ed25519 key", "misnamed key"])
 def test_unsafe_trust_store_is_refused(unsafe: str, data: Path, trusted: Path, tmp_path: Path) -> None:
     keys_dir = trusted
     if unsafe == "world-writable dir":
@@ -295,6 +295,8 @@ def test_unsafe_trust_store_is_refused(unsafe: str, data: Path, trusted: Path, t
         os.chown(trusted / "fleet.pub", 65534, 65534)
     elif unsafe == "hard-linked key":
         os.link(trusted / "fleet.pub", tmp_path / "elsewhere.pub")
+    elif unsafe == "misnamed key":  # the only key, saved under a name that is not *.pub: never passed over
+        (trusted / "fleet.pub").rename(trusted / "fleet.PUB")
     else:
         rsa = subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
                              capture_output=True, check=True).stdout
@@ -303,7 +305,8 @@ def test_unsafe_trust_store_is_refused(unsafe: str, data: Path, trusted: Path, t
     proc = cli(data, "--trusted-keys", str(keys_dir), "select", "mini")
     assert proc.returncode == EXIT_CODES["TrustStoreError"], proc.stderr
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
-    assert ("not an Ed25519 public key" if unsafe == "not an ed25519 key" else "refused") in proc.stderr
+    assert {"not an ed25519 key": "not an Ed25519 public key", "misnamed key": "is not a *.pub key"}.get(
+        unsafe, "refused") in proc.stderr
 
 
 def test_relative_trusted_keys_is_a_usage_error(data: Path) -> None:

@@ -66,7 +66,8 @@ def raw_public_key(pem: bytes, shown: str) -> bytes:
 
 
 def trusted_keys(policy: TrustPolicy) -> list[TrustedKey]:
-    """Every key of the store, sorted by file name; [] when the default directory does not exist."""
+    """Every key of the store, sorted by file name; [] when the default directory does not exist.
+    Anything in the directory that is not a `*.pub` key is refused."""
     if not policy.keys_dir.is_absolute():
         raise TrustStoreError(f"trusted keys directory {policy.keys_dir} must be an absolute path")
     try:
@@ -81,7 +82,14 @@ def trusted_keys(policy: TrustPolicy) -> list[TrustedKey]:
         raise TrustStoreError(f"trusted keys directory {policy.keys_dir}: {exc.strerror or exc}") from None
     keys = []
     try:
-        for name in sorted(n for n in os.listdir(dir_fd) if n.endswith(".pub")):
+        names = sorted(os.listdir(dir_fd))
+        # Fail closed: a key saved as fleet.PUB or fleet.pem would otherwise be passed over and,
+        # the only key, turn verification off without a word.
+        stray = [n for n in names if not n.endswith(".pub")]
+        if stray:
+            raise TrustStoreError(f"trusted keys directory {policy.keys_dir} holds {stray[0]!r}, which is not a "
+                                  "*.pub key: only keys belong there")
+        for name in names:
             shown = str(policy.keys_dir / name)
             try:
                 data = read_fd(open_private_file(dir_fd, name, shown))
