@@ -38,4 +38,6 @@ python=python3
 command -v "$python" >/dev/null || python=python
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+# Both packages editable: tests and tasks import hidsbuild and hids_bytecode without path edits.
+.venv/bin/python -m pip install -q --disable-pip-version-check -e . -e loader
 echo "setup: ready"

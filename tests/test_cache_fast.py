@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from conftest_loader import MINI_SOURCE, compile_core
+
 from hidsbuild.artifacts import read_checked, record_tree, tree_intact, write_checked
 from hidsbuild.btf_header import problem
 from hidsbuild.cache import ObjectCache

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
-import os
 import re
 import shutil
 import subprocess
@@ -22,8 +21,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SHARED_CACHE
+
 from hidsbuild.apt import Mirrors, PackageRef, PrivateApt
 from hidsbuild.archive_index import ArchiveError, fetch, packages_index, packages_paragraphs, verified_release
 from hidsbuild.discover import DEFAULT_SUITES, Served, discover, kernels_in, newest, render_yaml, write_matrix

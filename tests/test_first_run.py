@@ -15,8 +15,8 @@ from pathlib import Path
 
 import docker
 import pytest
-
 from conftest import ROOT, TEST_PROJECT, copy_project, fresh_cache, run_build
+
 from hidsbuild.btf_header import cache_path
 from hidsbuild.containers import LABEL
 from hidsbuild.kernels import load_matrix

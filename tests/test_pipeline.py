@@ -8,9 +8,9 @@ from pathlib import Path
 
 import docker
 import pytest
+from conftest import TEST_PROJECT, copy_project, fresh_cache, run_build
 from elftools.elf.elffile import ELFFile
 
-from conftest import TEST_PROJECT, copy_project, fresh_cache, run_build
 from hidsbuild.validate import validate_object
 
 pytestmark = pytest.mark.integration

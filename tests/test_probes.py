@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, fresh_cache, run_build
 
 DRIVER = ROOT / "tests" / "data" / "probes" / "driver.py"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import docker
 import pytest
-
 from conftest import ROOT, TEST_PROJECT, copy_project, fresh_cache, run_build
+
 from hidsbuild.errors import ConfigError
 from hidsbuild.kernels import load_matrix
 from hidsbuild.toolchain import _render_dockerfile, recipe_hash

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KallsymsUndecided, KallsymsUnavailable
+from .errors import KallsymsUnavailable, KallsymsUndecided
 
 __all__ = ["WrapperFact", "detect_syscall_wrapper", "KALLSYMS"]
 

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from .errors import LibbpfMissing
 
@@ -111,6 +112,9 @@ _echo = False
 
 class Libbpf:
     """The loaded library: attributes are the typed libbpf functions."""
+
+    if TYPE_CHECKING:  # the functions of _SIGNATURES, set in __init__: ctypes callables, typed at run time
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init__(self, path: str) -> None:
         try:

@@ -189,7 +189,8 @@ def read_provenance(manifest: Manifest) -> dict[str, Any]:
         raise IntegrityError(f"{root / ref['path']}: missing (the manifest names it)")
     actual = hashlib.sha256(data).hexdigest()
     if actual != ref["sha256"]:
-        raise IntegrityError(f"{root / ref['path']}: sha256 {actual[:16]}... is not the manifest's {ref['sha256'][:16]}...")
+        raise IntegrityError(f"{root / ref['path']}: sha256 {actual[:16]}... is not the manifest's "
+                             f"{ref['sha256'][:16]}...")
     try:
         return json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -174,8 +174,8 @@ def plan_runtime_compile(entry: Entry, facts: HostFacts, debug: bool | None = No
     args = _debug_path_maps(*trees) + _rewrite(entry.cflags, trees[0], trees[1], include, facts, f"{entry.program}.c")
     if debug is not None:
         args = [f"-DDEBUG={int(debug)}" if a.startswith("-DDEBUG=") else a for a in args]
-    return RuntimePlan(True, f"compile {entry.raw['source']['path']} with {clang} against {trees[1]}", clang, trees[0], trees[1],
-                       tuple(args))
+    return RuntimePlan(True, f"compile {entry.raw['source']['path']} with {clang} against {trees[1]}", clang,
+                       trees[0], trees[1], tuple(args))
 
 
 def _clang_version(clang: Path) -> str:
