@@ -349,3 +349,17 @@ def test_ctrl_c_under_heavy_events_exits_130(host: Host, tmp_path: Path) -> None
         for t in threads:
             t.join()
     assert host.cli("unload", "mini").returncode == 0
+
+
+def test_watch_in_a_pid_namespace_is_refused_not_misfiltered(host: Host) -> None:
+    """Inside a pid namespace (a container without hostPID) watch's pid is not the one the probes
+    compare: writing it would filter some other host process, or none. Refused with one line."""
+    assert host.cli("load", "mini").returncode == 0
+    try:
+        proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "hids_bytecode",
+                               "watch", "mini"], capture_output=True, text=True, env=host.env, timeout=60)
+        assert proc.returncode != 0 and "pid namespace" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert agent_tgid(host.tree) == 0
+    finally:
+        assert host.cli("unload", "mini").returncode == 0

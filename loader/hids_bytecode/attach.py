@@ -157,10 +157,27 @@ def _start_ticks(tgid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+# The inode of the initial pid namespace (PROC_PID_INIT_INO): only there are pids the kernel's own.
+_INIT_PID_NS_INO = 0xEFFFFFFC
+
+
+def _check_host_pids() -> None:
+    try:
+        initial = os.stat("/proc/self/ns/pid").st_ino == _INIT_PID_NS_INO
+    except OSError:
+        initial = False
+    if not initial:
+        raise LoadError("the agent filter needs the kernel's pid numbers, and this process runs in a pid namespace "
+                        "(a container without the host's pids): run it in the host's pid namespace (hostPID)")
+
+
 def set_agent_tgid(lib: lb.Libbpf, config_fd: int, tgid: int) -> None:
     """Put `tgid` first in `config`[0] (0: drop nothing) and, where the value has room, its start
     time: the kernel side drops that process's own events, and never those of another process
-    that is later given the same pid (docs/PINS.md)."""
+    that is later given the same pid (docs/PINS.md). Refused inside a pid namespace, where a
+    pid names another process than the probes see."""
+    if tgid:
+        _check_host_pids()
     info = lb.MAP_INFO()
     length = ctypes.c_uint32(ctypes.sizeof(info))
     rc = lib.bpf_obj_get_info_by_fd(config_fd, ctypes.byref(info), ctypes.byref(length))
