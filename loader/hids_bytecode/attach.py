@@ -65,7 +65,8 @@ class LoadedObject:
     reports: list[ProgramReport] = field(default_factory=list)
 
     def map_fd(self, name: str) -> int:
-        return self.lib.bpf_map__fd(self.maps[name])
+        fd: int = self.lib.bpf_map__fd(self.maps[name])
+        return fd
 
     def close(self) -> None:
         for link in self.links.values():

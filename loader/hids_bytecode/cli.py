@@ -18,7 +18,7 @@ from .errors import EXIT_CODES, HidsError, IntegrityError, InvalidArgument, NotP
 from .hostinfo import SUPPORTED_ARCHES, what_if
 from .integrity import verify_manifest
 from .manifest import DATA_ENV, Manifest, load_manifest, read_provenance
-from .selection import RUNTIME_ENV, explain_lines
+from .selection import RUNTIME_ENV, Step, explain_lines
 from .trust import DEFAULT_KEYS_DIR, TrustPolicy
 
 __all__ = ["main", "build_parser"]
@@ -200,14 +200,14 @@ def _cmd_select(args: argparse.Namespace) -> int:
             print(f"{c.program}: {c.stage} {c.entry.unit}")
             if args.explain:
                 _print_steps(c.steps, args.detail)
-        for program, exc in failures:
-            print(f"{program}: refused ({type(exc).__name__}): {exc}")
+        for program, refusal in failures:
+            print(f"{program}: refused ({type(refusal).__name__}): {refusal}")
             if args.explain:
-                _print_steps(exc.steps, args.detail)
+                _print_steps(refusal.steps, args.detail)
     return max((e.exit_code for _, e in failures), default=0)
 
 
-def _print_steps(steps: Any, detail: bool) -> None:
+def _print_steps(steps: tuple[Step, ...], detail: bool) -> None:
     for line in explain_lines(steps, detail):
         print(f"    {line}")
 

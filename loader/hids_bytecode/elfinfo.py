@@ -26,7 +26,7 @@ class Inventory:
     maps: frozenset[str]
 
 
-def _unpack(fmt: str, data: bytes, offset: int) -> tuple:
+def _unpack(fmt: str, data: bytes, offset: int) -> tuple[int, ...]:  # every format here is integers
     if offset < 0 or offset + struct.calcsize(fmt) > len(data):
         raise ElfError("truncated ELF (a header points past the end)")
     return struct.unpack_from(fmt, data, offset)

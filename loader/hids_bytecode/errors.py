@@ -7,6 +7,11 @@ for these. Codes are stable so agents and scripts can branch on them.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # selection imports this module
+    from .selection import Step
 
 __all__ = [
     "HidsError", "ManifestError", "UnknownArch", "UnknownRelease", "KallsymsUnavailable",
@@ -22,7 +27,7 @@ class HidsError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, steps: tuple = ()) -> None:
+    def __init__(self, message: str, steps: Iterable[Step] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.steps = tuple(steps)  # selection steps, when the failure is a refusal to choose

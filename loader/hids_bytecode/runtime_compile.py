@@ -102,9 +102,8 @@ def _find_clang(preferred_major: str | None) -> Path | None:
     return find_compiler("clang")
 
 
-def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True,
-                          env={**os.environ, "PATH": _TOOL_PATH}, **kwargs)  # type: ignore[call-overload]
+def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PATH": _TOOL_PATH}, cwd=cwd)
 
 
 def _header_trees(release: str, header_dirs: tuple[Path, ...]) -> tuple[Path, Path] | None:

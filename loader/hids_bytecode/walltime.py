@@ -30,7 +30,7 @@ def _offset_ns(tries: int = 5) -> int:
     return best[1]  # type: ignore[index]
 
 
-_last_second: list = [None, ""]  # the last second formatted: events come in bursts of the same second
+_last_second: list[object] = [None, ""]  # the last second formatted: events come in bursts of the same second
 
 
 def rfc3339(wall_ns: int) -> str:
