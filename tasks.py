@@ -83,7 +83,8 @@ def build_all(c, matrix=str(DEFAULT_MATRIX), build_dir=str(DEFAULT_BUILD), dist=
               cache_dir=str(DEFAULT_CACHE), shard=None, jobs=0, no_bundle=False, rebuild_toolchain=False,
               sign_key=None):
     """Compile every program x kernel x variant in the toolchain container, validate, and bundle the wheel."""
-    from hidsbuild.pipeline import BuildOptions, build_all as run
+    from hidsbuild.pipeline import BuildOptions
+    from hidsbuild.pipeline import build_all as run
 
     # docker takes a relative bind-mount source for a named volume: hand it absolute paths.
     run(BuildOptions(Path(matrix).resolve(), Path(build_dir).resolve(), Path(cache_dir).resolve(),

@@ -223,5 +223,5 @@ def fetch_all(remotes: list[Remote], dest: Path, on_progress: Callable[[int], No
     dest.mkdir(parents=True, exist_ok=True)
     unique = list({r.filename: r for r in remotes}.values())  # an arch-all package serves several arches
     with ThreadPoolExecutor(max_workers=_FETCH_JOBS) as pool:
-        paths = dict(zip((r.filename for r in unique), pool.map(lambda r: _fetch_one(r, dest, on_progress), unique)))
+        paths = dict(zip((r.filename for r in unique), pool.map(lambda r: _fetch_one(r, dest, on_progress), unique), strict=True))
     return [paths[r.filename] for r in remotes]

@@ -215,7 +215,7 @@ def bench_build(matrix_path: Path, shared: Path, work: Path, runs: int, scaling:
             floors.append(sum(per_unit.get(_series(u), serial.value) for u in built) / cores)
             walls.append(wall)
             units = len(built)
-    ratio = _median([w / f for w, f in zip(walls, floors)])
+    ratio = _median([w / f for w, f in zip(walls, floors, strict=True)])
     figures.append(Figure("cold build / compile floor", ratio, "x", "<= 1.15", ratio <= 1.15,
                           {"wall_s": _median(walls), "floor_s": _median(floors), "units": units, "cores": cores,
                            "core_s_per_unit": _median(walls) * cores / units, "runs": runs,

@@ -55,7 +55,7 @@ def _real_release(paragraph: Packages) -> str | None:
     if parts is None or not _PATCH_LEVEL.fullmatch(parts[0]):
         return None
     common = f"linux-headers-{parts[0]}-common"  # -common-rt for the rt flavour
-    depends = (alt["name"] for group in paragraph.relations["depends"] for alt in group)
+    depends = (alt["name"] for group in paragraph.relations["depends"] or () for alt in group)
     return paragraph["Package"].removeprefix("linux-headers-") if any(d.startswith(common) for d in depends) else None
 
 
@@ -161,7 +161,7 @@ def write_matrix(path: Path, served: list[Served], candidates: list[Served], sui
     lines = text.splitlines(keepends=True)
     deletions: list[tuple[int, int]] = []
 
-    for kernel, item, node in zip(matrix.kernels, items, seq.value):
+    for kernel, item, node in zip(matrix.kernels, items, seq.value, strict=True):
         if kernel.suite not in scope_suites or kernel.arch not in scope_arches or \
                 kernel.flavour != _flavour_name(flavour, kernel.deb_arch):
             continue

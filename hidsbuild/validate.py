@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 __all__ = ["ObjectInfo", "InvalidObject", "validate_object", "PROGRAM_TYPES"]
 
@@ -69,9 +70,10 @@ def validate_object(data: bytes) -> ObjectInfo:
             raise InvalidObject(f"program section {name!r} is of no known type ({', '.join(PROGRAM_TYPES)})")
 
     symtab = elf.get_section_by_name(".symtab")
-    if symtab is None:
+    if not isinstance(symtab, SymbolTableSection):
         raise InvalidObject("no symbol table")
-    programs, maps = [], []
+    programs: list[dict[str, str]] = []
+    maps: list[str] = []
     for sym in symtab.iter_symbols():
         shndx = sym["st_shndx"]
         if shndx == "SHN_UNDEF":
@@ -83,7 +85,7 @@ def validate_object(data: bytes) -> ObjectInfo:
         section = elf.get_section(shndx).name
         kind = sym["st_info"]["type"]
         if kind == "STT_FUNC" and section in exec_sections and section != ".text":
-            programs.append({"name": sym.name, "section": section, "type": _attach_type(section)})
+            programs.append({"name": sym.name, "section": section, "type": _attach_type(section) or ""})
         elif kind == "STT_OBJECT" and section in (".maps", "maps"):
             maps.append(sym.name)
     if not programs:

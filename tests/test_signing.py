@@ -24,8 +24,8 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT, make_loader_data
-from hids_bytecode.errors import EXIT_CODES
+from conftest_loader import ROOT, make_loader_data  # noqa: E402 (after register_assert_rewrite)
+from hids_bytecode.errors import EXIT_CODES  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import workloads
+import workloads  # type: ignore[import-not-found]  # beside this file in the guest, not a package here
 from hids_bytecode import libbpf as lb
 from hids_bytecode.attach import attach_all, open_and_load, write_agent_tgid
 from hids_bytecode.btf_layout import schema_from_btf
@@ -60,10 +60,12 @@ class Reader:
     polls forever, and a check must stop, drain and close when it decides."""
 
     def __init__(self, lib: Any, events_fd: int, schema: Any) -> None:
-        self.lib, self.schema, self.events, self.lost = lib, schema, [], 0
+        self.lib, self.schema, self.lost = lib, schema, 0
+        self.events: list[dict[str, Any]] = []
+        self._callbacks: tuple[Any, ...]
         kind = map_info(lib, events_fd).type
         if kind == RINGBUF:
-            self._callbacks = (lb.RINGBUF_SAMPLE_FN(lambda _c, data, size: self._sample(data, size) or 0),)
+            self._callbacks = (lb.RINGBUF_SAMPLE_FN(lambda _c, data, size: self._sample(data, size)),)
             self._buf = lib.ring_buffer__new(events_fd, self._callbacks[0], None, None)
             self._poll, self._free = lib.ring_buffer__poll, lib.ring_buffer__free
         elif kind == PERF_EVENT_ARRAY:
@@ -76,8 +78,9 @@ class Reader:
         if not self._buf:
             raise HidsError(f"cannot open the events buffer: {lb.errno_text()[1]}")
 
-    def _sample(self, data: int, size: int) -> None:
+    def _sample(self, data: int, size: int) -> int:
         self.events.append(self.schema.decode(ctypes.string_at(data, size)))
+        return 0  # the ring buffer's callback: go on
 
     def _lose(self, count: int) -> None:
         self.lost += count
