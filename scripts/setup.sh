@@ -31,6 +31,11 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 mountpoint -q /sys/fs/bpf || mount -t bpf -o mode=0700 bpf /sys/fs/bpf
+# A bpffs mounted 1777 by someone else lets any user create /sys/fs/bpf/hids first (docs/THREAT_MODEL.md).
+if [ "$(stat -c %a /sys/fs/bpf)" != 700 ]; then
+  echo "setup: /sys/fs/bpf was mode $(stat -c %a /sys/fs/bpf); now 0700"
+  chmod 0700 /sys/fs/bpf
+fi
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug || true
 
