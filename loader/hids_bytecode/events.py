@@ -71,6 +71,7 @@ def iter_events(lib: lb.Libbpf, events_fd: int, schema: Schema, counters_fd: int
         pending.append({"event": "lost", "source": "perf_buffer", "cpu": cpu, "count": count})
 
     kind = map_info(lib, events_fd).type
+    callbacks: tuple[object, ...]  # kept alive while libbpf holds them
     if kind == RINGBUF:
         callbacks = (lb.RINGBUF_SAMPLE_FN(on_ring),)
         buffer = lib.ring_buffer__new(events_fd, callbacks[0], None, None)

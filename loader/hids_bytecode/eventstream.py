@@ -253,6 +253,7 @@ class Stream:
 
     # ------------------------------------------------------------------------------ events
     def _accept(self, source: Source, data: bytes) -> None:
+        assert source.schema is not None  # _open_all sets it before any buffer is polled
         record = source.schema.decode(data)
         hdr = record.get("hdr")
         ts = hdr.get("ts_ns", 0) if isinstance(hdr, dict) else 0
@@ -326,6 +327,7 @@ class Stream:
         out: dict[str, dict[str, dict[str, int]]] = {}
         for program, source in self._sources.items():
             if source.counters_fd is not None:
+                assert source.schema is not None  # _open_all sets it before the stream runs
                 with interrupts.deferred():
                     out[program] = read_counters(self._lib, source.counters_fd, source.schema)
         return out

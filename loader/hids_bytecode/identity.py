@@ -88,22 +88,23 @@ class CgroupResolver:
         self._mount_fd: int | None = None
 
     def path(self, cgroup_id: int) -> str | None:
-        if not self.root or not cgroup_id:
+        root = self.root
+        if not root or not cgroup_id:
             return None
         if cgroup_id not in self._paths:
             if len(self._paths) >= _MAX_CACHE:
                 self._paths.clear()
-            self._paths[cgroup_id] = self._lookup(cgroup_id)
+            self._paths[cgroup_id] = self._lookup(root, cgroup_id)
         return self._paths[cgroup_id]
 
     def container(self, cgroup_id: int) -> Container | None:
         path = self.path(cgroup_id)
         return container_of(path) if path else None
 
-    def _lookup(self, cgroup_id: int) -> str | None:
+    def _lookup(self, root: str, cgroup_id: int) -> str | None:
         if self._mount_fd is None:
             try:
-                self._mount_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                self._mount_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:
                 self.root = None
                 return None
@@ -118,9 +119,9 @@ class CgroupResolver:
             return None
         finally:
             os.close(fd)
-        if where.endswith(" (deleted)") or not (where == self.root or where.startswith(self.root + "/")):
+        if where.endswith(" (deleted)") or not (where == root or where.startswith(root + "/")):
             return None
-        return where[len(self.root):] or "/"
+        return where[len(root):] or "/"
 
     def close(self) -> None:
         if self._mount_fd is not None:

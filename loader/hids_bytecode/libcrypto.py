@@ -63,7 +63,8 @@ def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     try:
         if not ctx or lib.EVP_DigestVerifyInit(ctx, None, None, None, pkey) != 1:
             raise SignatureError("libcrypto could not set up an Ed25519 verification")
-        return lib.EVP_DigestVerify(ctx, signature, len(signature), message, len(message)) == 1
+        verified: int = lib.EVP_DigestVerify(ctx, signature, len(signature), message, len(message))  # restype c_int
+        return verified == 1
     finally:
         lib.ERR_clear_error()  # a failed verify leaves an error queued; it is answered by the return value
         if ctx:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import IntegrityError, ManifestError
 from .safefs import Unsafe, open_beneath, read_fd, relative_path_problem
@@ -29,28 +29,30 @@ _ENTRY_KEYS = ("unit", "program", "kind", "kernel", "variant", "object", "sha256
 
 @dataclass(frozen=True)
 class Entry:
+    # Parsed JSON: load_manifest checks which keys are present, not their values' types, hence the
+    # casts below (they only tell mypy; a value of another type passes through as it always did).
     raw: dict[str, Any]
     data: Path
 
     @property
     def unit(self) -> str:
-        return self.raw["unit"]
+        return cast(str, self.raw["unit"])
 
     @property
     def program(self) -> str:
-        return self.raw["program"]
+        return cast(str, self.raw["program"])
 
     @property
     def kind(self) -> str:
-        return self.raw["kind"]
+        return cast(str, self.raw["kind"])
 
     @property
     def arch(self) -> str:
-        return self.raw["kernel"]["arch"]
+        return cast(str, self.raw["kernel"]["arch"])
 
     @property
     def release(self) -> str | None:
-        return self.raw["kernel"].get("release")
+        return cast("str | None", self.raw["kernel"].get("release"))
 
     @property
     def wrapper(self) -> bool:
@@ -62,11 +64,11 @@ class Entry:
 
     @property
     def sha256(self) -> str:
-        return self.raw["sha256"]
+        return cast(str, self.raw["sha256"])
 
     @property
     def object_path(self) -> Path:
-        return self.data / self.raw["object"]
+        return self.data / cast(str, self.raw["object"])
 
     @property
     def source_path(self) -> Path | None:
@@ -192,6 +194,6 @@ def read_provenance(manifest: Manifest) -> dict[str, Any]:
         raise IntegrityError(f"{root / ref['path']}: sha256 {actual[:16]}... is not the manifest's "
                              f"{ref['sha256'][:16]}...")
     try:
-        return json.loads(data.decode())
+        return cast("dict[str, Any]", json.loads(data.decode()))  # parsed JSON, as written by the build
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{root / ref['path']}: not JSON ({exc})") from None

@@ -250,8 +250,8 @@ def _custom(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_ecs(record: dict[str, Any]) -> dict[str, Any]:
-    name = record.get("event")
-    category, types, fields, omit = ECS.get(name, (["host"], ["info"], {}, ()))
+    name: str | None = record.get("event")
+    category, types, fields, omit = ECS.get(name or "", (["host"], ["info"], {}, ()))
     out: dict[str, Any] = {}
     _apply(out, record, {k: v for k, v in _ECS_COMMON.items() if k not in omit})
     _apply(out, record, {"event.category": category, "event.type": types, "event.action": f"={name}", **fields})
@@ -260,8 +260,8 @@ def to_ecs(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_ocsf(record: dict[str, Any]) -> dict[str, Any]:
-    name = record.get("event")
-    class_uid, activity, fields = OCSF.get(name, (PROCESS_ACTIVITY, 99, {}))
+    name: str | None = record.get("event")
+    class_uid, activity, fields = OCSF.get(name or "", (PROCESS_ACTIVITY, 99, {}))
     out: dict[str, Any] = {}
     _apply(out, record, {**_OCSF_COMMON, "class_uid": class_uid, "category_uid": _CATEGORIES[class_uid],
                          "activity_id": activity, "type_uid": class_uid * 100 + activity, **fields})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
 from . import interrupts
 from . import libbpf as lb
@@ -18,6 +19,9 @@ from .events import read_counters
 from .hostinfo import HostFacts
 from .pins import locked_tree
 
+if TYPE_CHECKING:  # imported when called, as api is the outer layer
+    from .api import Options
+
 __all__ = ["collect", "prometheus"]
 
 Counts = dict[str, dict[str, dict[str, int]]]
@@ -25,7 +29,7 @@ _METRICS = (("emitted", "Events the program sent to user space, per event type."
             ("dropped", "Events lost because the program's ring or perf buffer was full, per event type."))
 
 
-def collect(programs: list[str], options: object, facts: HostFacts) -> Counts:
+def collect(programs: list[str], options: Options, facts: HostFacts) -> Counts:
     """program -> event type -> {"emitted", "dropped"}, summed over CPUs, for the loaded ones."""
     from . import api
     lib = lb.get()
