@@ -355,3 +355,19 @@ def test_undecodable_os_release_on_the_real_host_is_one_line(loader_data: Path, 
                           capture_output=True, text=True, env=env, timeout=60)
     stderr = one_line(proc, "HostFactError")
     assert stderr.startswith("hids-bytecode: /etc/os-release is not valid UTF-8")
+
+
+def test_libbpf_named_by_the_environment_must_be_roots(tmp_path: Path) -> None:
+    """Loading a library runs its code as root: HIDS_LIBBPF naming a file another user could have
+    written (here: world-writable) is refused before it is opened."""
+    planted = tmp_path / "libbpf.so.1"
+    planted.write_bytes(Path("/usr/lib/x86_64-linux-gnu/libbpf.so.1").read_bytes()
+                        if Path("/usr/lib/x86_64-linux-gnu/libbpf.so.1").exists() else b"\x7fELF")
+    planted.chmod(0o666)
+    code = "from hids_bytecode import libbpf; libbpf.get()"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "loader"), "HIDS_LIBBPF": str(planted)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "refused" in proc.stderr and "root-owned library" in proc.stderr
+    env["HIDS_LIBBPF"] = "libbpf.so.1"  # relative: a search, not a choice root made
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "refused" in proc.stderr

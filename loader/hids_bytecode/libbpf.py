@@ -12,9 +12,11 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import LibbpfMissing
+from .safefs import trusted_executable
 
 __all__ = ["Libbpf", "get", "capture", "RINGBUF_SAMPLE_FN", "PERF_SAMPLE_FN", "PERF_LOST_FN",
            "BTF_TYPE", "BTF_MEMBER", "BTF_ENUM", "BTF_ARRAY", "MAP_INFO", "OBJECT_OPEN_OPTS", "errno_text"]
@@ -172,8 +174,24 @@ def get(path: str | None = None, echo: bool = False) -> Libbpf:
     global _instance, _echo
     _echo = _echo or echo
     if _instance is None:
-        _instance = Libbpf(path or os.environ.get("HIDS_LIBBPF") or "libbpf.so.1")
+        _instance = Libbpf(path or _library_from_environment() or "libbpf.so.1")
     return _instance
+
+
+def _library_from_environment() -> str | None:
+    """HIDS_LIBBPF, honoured only for a root-owned library only root can change: loading a library
+    runs its code, and the loader runs as root (docs/THREAT_MODEL.md)."""
+    named = os.environ.get("HIDS_LIBBPF")
+    if not named:
+        return None
+    if os.path.isabs(named) and not os.path.lexists(named):
+        raise LibbpfMissing(f"cannot load {named}: no such file "
+                            "(install libbpf1 on Debian/Ubuntu, libbpf on RPM distros)")
+    trusted = trusted_executable(Path(named), executable=False) if os.path.isabs(named) else None
+    if trusted is None:
+        raise LibbpfMissing(f"HIDS_LIBBPF={named}: refused: not an absolute path to a root-owned library "
+                        "that only root can change")
+    return str(trusted)
 
 
 @contextmanager

@@ -173,12 +173,14 @@ def read_fd(fd: int) -> bytes:
         return f.read()
 
 
-def trusted_executable(path: Path) -> Path | None:
-    """`path`'s real path if it is a root-owned executable that only root can change, else None."""
+def trusted_executable(path: Path, executable: bool = True) -> Path | None:
+    """`path`'s real path if it is a root-owned file (an executable unless `executable` is False:
+    a shared library) that only root can change, else None."""
     real = Path(os.path.realpath(path))
     try:
         st = os.stat(real)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or _writable_by_others(st) or not st.st_mode & 0o111:
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or _writable_by_others(st) or \
+                (executable and not st.st_mode & 0o111):
             return None
         for parent in real.parents:
             pst = os.lstat(parent)
