@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from . import libbpf as lb
 from .errors import LoadError
@@ -45,12 +45,13 @@ class _Btf:
     def __init__(self, lib: lb.Libbpf, btf: int) -> None:
         self.lib, self.btf = lib, btf
 
-    def type(self, type_id: int) -> tuple[int, int, int, int, str, ctypes.c_void_p]:
+    def type(self, type_id: int) -> tuple[int, int, int, int, str, int]:
+        """kind, vlen, kflag, size or type, name, and the address of the kind-specific data after it."""
         ptr = self.lib.btf__type_by_id(self.btf, type_id)
         t = ptr.contents
         name = (self.lib.btf__name_by_offset(self.btf, t.name_off) or b"").decode()
         kind, vlen, kflag = (t.info >> 24) & 0x1F, t.info & 0xFFFF, t.info >> 31
-        tail = ctypes.cast(ctypes.addressof(t) + ctypes.sizeof(lb.BTF_TYPE), ctypes.c_void_p)
+        tail = ctypes.addressof(t) + ctypes.sizeof(lb.BTF_TYPE)
         return kind, vlen, kflag, t.size_or_type, name, tail
 
     def name(self, offset: int) -> str:
@@ -77,16 +78,16 @@ class _Btf:
     def enum_values(self, type_id: int) -> dict[int, str]:
         kind, vlen, _, _, _, tail = self.type(type_id)
         if kind == _ENUM64:
-            raw = (ctypes.c_uint32 * (3 * vlen)).from_address(tail.value)
+            raw = (ctypes.c_uint32 * (3 * vlen)).from_address(tail)
             return {raw[3 * i + 1] | (raw[3 * i + 2] << 32): self.name(raw[3 * i]) for i in range(vlen)}
-        values = (lb.BTF_ENUM * vlen).from_address(tail.value)
+        values = (lb.BTF_ENUM * vlen).from_address(tail)
         return {v.val: self.name(v.name_off) for v in values}
 
     def decoder(self, type_id: int) -> Decoder:
         type_id = self.strip(type_id)
         kind, vlen, kflag, size_or_type, name, tail = self.type(type_id)
         if kind == _INT:
-            encoding = (ctypes.c_uint32.from_address(tail.value).value >> 24) & 0xF
+            encoding = (ctypes.c_uint32.from_address(tail).value >> 24) & 0xF
             signed = bool(encoding & 1)
             if encoding & 4:
                 return lambda b: bool(int.from_bytes(b[:size_or_type], _ORDER))
@@ -101,7 +102,7 @@ class _Btf:
         if kind == _PTR:
             return lambda b: int.from_bytes(b[:8], _ORDER)
         if kind == _ARRAY:
-            arr = lb.BTF_ARRAY.from_address(tail.value)
+            arr = lb.BTF_ARRAY.from_address(tail)
             elem = self.strip(arr.type)
             ekind, _, _, _, ename, _ = self.type(elem)
             esize = self.size(elem)
@@ -119,9 +120,9 @@ class _Btf:
             return self._struct_decoder(vlen, kflag, tail)
         return lambda b: b.hex()
 
-    def _struct_decoder(self, vlen: int, kflag: int, tail: ctypes.c_void_p) -> Decoder:
+    def _struct_decoder(self, vlen: int, kflag: int, tail: int) -> Decoder:
         fields: list[tuple[str, int, int, int, Decoder]] = []  # name, bit offset, bit size, byte size, decoder
-        for m in (lb.BTF_MEMBER * vlen).from_address(tail.value):
+        for m in (lb.BTF_MEMBER * vlen).from_address(tail):
             bit_size, bit_off = (m.offset >> 24, m.offset & 0xFFFFFF) if kflag else (0, m.offset)
             fields.append((self.name(m.name_off), bit_off, bit_size, self.size(m.type), self.decoder(m.type)))
         families = [n for n, *_ in fields if n.endswith("family")]
@@ -153,7 +154,7 @@ class _Btf:
     def fast_decoder(self, type_id: int) -> Decoder | None:
         """One struct.unpack_from per event for the common case (no bitfields, unions or arrays of
         non-byte types): several times the throughput of the member-by-member decoder."""
-        fields: list[tuple[int, str, int, str, Callable[[Any], Any] | None]] = []
+        fields: list[_Field] = []
         containers: list[tuple[int, str]] = [(-1, "")]  # (parent index, key) of each nested dict
         ip_fixups: list[tuple[int, str, list[str]]] = []
         if not self._flatten(type_id, 0, 0, fields, containers, ip_fixups):
@@ -174,7 +175,7 @@ class _Btf:
             for i in range(1, width):
                 parent, key = containers[i]
                 dicts[parent][key] = dicts[i]
-            lists = []
+            lists: list[tuple[dict[str, Any], str, str, bytes]] = []  # (dict, key, length key, raw chars)
             for (index, key, post), value in zip(plan, layout.unpack_from(b)):
                 if isinstance(post, _ListOfStrings):
                     lists.append((dicts[index], key, post.length_key, value))
@@ -190,13 +191,13 @@ class _Btf:
 
         return decode
 
-    def _flatten(self, type_id: int, base: int, container: int, fields: list, containers: list,
-                 ip_fixups: list) -> bool:
+    def _flatten(self, type_id: int, base: int, container: int, fields: list[_Field],
+                 containers: list[tuple[int, str]], ip_fixups: list[tuple[int, str, list[str]]]) -> bool:
         kind, vlen, kflag, _, _, tail = self.type(self.strip(type_id))
         if kind != _STRUCT:
             return False
         names = []
-        for m in (lb.BTF_MEMBER * vlen).from_address(tail.value):
+        for m in (lb.BTF_MEMBER * vlen).from_address(tail):
             if kflag and m.offset >> 24:
                 return False  # bitfield
             name, offset = self.name(m.name_off), base + (m.offset & 0xFFFFFF if kflag else m.offset) // 8
@@ -209,19 +210,18 @@ class _Btf:
                     return False
                 continue
             if mkind == _INT:
-                encoding = (ctypes.c_uint32.from_address(mtail.value).value >> 24) & 0xF
+                encoding = (ctypes.c_uint32.from_address(mtail).value >> 24) & 0xF
                 code = "?" if encoding & 4 else _INT_CODES.get((size_or_type, bool(encoding & 1)))
                 if code is None:
                     return False
                 fields.append((offset, code, size_or_type, (container, name), None))
             elif mkind in (_ENUM, _ENUM64):
-                values = self.enum_values(member)
                 fields.append((offset, _INT_CODES[(size_or_type, False)], size_or_type, (container, name),
-                               lambda v, values=values: values.get(v, v)))
+                               _enum_name(self.enum_values(member))))
             elif mkind == _PTR:
                 fields.append((offset, "Q", 8, (container, name), None))
             elif mkind == _ARRAY:
-                arr = lb.BTF_ARRAY.from_address(mtail.value)
+                arr = lb.BTF_ARRAY.from_address(mtail)
                 elem = self.strip(arr.type)
                 ekind, _, _, _, ename, _ = self.type(elem)
                 if ekind != _INT or self.size(elem) != 1:
@@ -233,14 +233,19 @@ class _Btf:
         families = [n for n in names if n.endswith("family")]
         if families:
             ip_fixups.append((container, families[0], [n for n in names if n.endswith("addr")]))
-        for index, (offset, code, size, (owner, name), post) in enumerate(fields):
-            if owner == container and post is _c_string and f"{name}_len" in names:
+        for index, (offset, code, size, (owner, name), finish) in enumerate(fields):
+            if owner == container and finish is _c_string and f"{name}_len" in names:
                 fields[index] = (offset, code, size, (owner, name), _ListOfStrings(f"{name}_len"))
         return True
 
 
 _INT_CODES = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h", (4, False): "I", (4, True): "i",
               (8, False): "Q", (8, True): "q"}
+
+
+def _enum_name(values: dict[int, str]) -> Callable[[Any], Any]:
+    """An enumerator's name for its value; a value without one stays a number."""
+    return lambda v: values.get(v, v)
 
 
 def _c_string(raw: bytes) -> str:
@@ -252,6 +257,10 @@ class _ListOfStrings:
 
     def __init__(self, length_key: str) -> None:
         self.length_key = length_key
+
+
+# A fast_decoder field: byte offset, struct code, byte size, (container index, key), post-processing.
+_Field = tuple[int, str, int, tuple[int, str], Union[Callable[[Any], Any], _ListOfStrings, None]]
 
 
 def _strings(raw: bytes, length: Any) -> list[str]:
