@@ -103,7 +103,9 @@ def _find_clang(preferred_major: str | None) -> Path | None:
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PATH": _TOOL_PATH}, cwd=cwd)
+    # Nothing of the caller's environment: CPATH, COMPILER_PATH, CCC_OVERRIDE_OPTIONS and the like
+    # would choose headers, tools or flags of the compile as surely as PATH would.
+    return subprocess.run(argv, capture_output=True, text=True, env={"PATH": _TOOL_PATH, "LC_ALL": "C"}, cwd=cwd)
 
 
 def _header_trees(release: str, header_dirs: tuple[Path, ...]) -> tuple[Path, Path] | None:
