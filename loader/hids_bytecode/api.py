@@ -29,7 +29,7 @@ from .integrity import read_verified
 from .manifest import Manifest, load_manifest
 from .mounts import ensure_bpf_filesystems
 from .pins import check_name, locked_tree
-from .runtime_compile import compile_plan
+from .runtime_compile import compile_object
 from .selection import Choice, select
 from .trust import TrustPolicy
 
@@ -80,8 +80,7 @@ def choose(program: str, facts: HostFacts | None = None, options: Options = Opti
 def object_for(choice: Choice, facts: HostFacts) -> tuple[bytes, Path]:
     """The chosen object's bytes (hash-checked against the manifest) and where they came from."""
     if choice.runtime is not None:
-        path = compile_plan(choice.runtime, choice.entry, facts)
-        return path.read_bytes(), path
+        return compile_object(choice.runtime, choice.entry, facts)
     return read_verified(choice.entry.object_path, choice.entry.sha256), choice.entry.object_path
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
 import socket
 import struct
 import sys
@@ -23,7 +24,7 @@ from typing import Any, Union
 from . import libbpf as lb
 from .errors import LoadError
 
-__all__ = ["EventLayout", "Schema", "schema_from_object_file", "schema_from_btf"]
+__all__ = ["EventLayout", "Schema", "schema_from_object", "schema_from_object_file", "schema_from_btf"]
 
 _INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
 _MODIFIERS = {9, 10, 11, 18}  # volatile, const, restrict, type_tag: no layout of their own
@@ -321,13 +322,27 @@ def schema_from_btf(lib: lb.Libbpf, btf: int) -> Schema:
     return Schema(events, type_names, view.decoder(counter_id) if counter_id else None)
 
 
-def schema_from_object_file(lib: lb.Libbpf, path: Path) -> Schema:
-    """Parse the BTF of an object on disk (its hash should have been checked already)."""
-    btf = lib.btf__parse_elf(str(path).encode(), None)
+def schema_from_object(lib: lb.Libbpf, data: bytes, label: str) -> Schema:
+    """Parse the BTF of an object from the bytes whose hash was checked, never from its path again:
+    a file swapped after the check must not decide how events are decoded. libbpf parses ELF
+    only from a path, so the bytes go to a memfd it reads through /proc/self/fd."""
+    fd = os.memfd_create("hids-object", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        btf = lib.btf__parse_elf(f"/proc/self/fd/{fd}".encode(), None)
+    finally:
+        os.close(fd)
     if not btf:
-        err, text = lb.errno_text()
-        raise LoadError(f"cannot read BTF of {path}: {text}")
+        _, text = lb.errno_text()
+        raise LoadError(f"cannot read BTF of {label}: {text}")
     try:
         return schema_from_btf(lib, btf)
     finally:
         lib.btf__free(btf)
+
+
+def schema_from_object_file(lib: lb.Libbpf, path: Path) -> Schema:
+    """`schema_from_object` of a file, for objects that are the caller's own (tests, tools)."""
+    return schema_from_object(lib, path.read_bytes(), str(path))

@@ -32,7 +32,7 @@ from typing import Any
 from . import interrupts
 from . import libbpf as lb
 from .attach import LoadedObject, load_object, set_agent_tgid
-from .btf_layout import Schema, schema_from_object_file
+from .btf_layout import Schema, schema_from_object
 from .errors import HidsError, Interrupted, InvalidArgument, LoadError, NotLoaded
 from .events import PERF_EVENT_ARRAY, RINGBUF, map_info, read_counters
 from .hostinfo import HostFacts
@@ -135,9 +135,9 @@ class Stream:
             objects[program] = (*api.object_for(choice, self._facts), choice.entry.unit)
         # Pins first: this process is the agent (its events dropped) as early as it can be.
         self._sources.update(self._open_pinned(self.programs))
-        for program, (_, path, _) in objects.items():
+        for program, (data, path, _) in objects.items():
             with interrupts.deferred():
-                self._schemas[program] = schema_from_object_file(self._lib, path)
+                self._schemas[program] = schema_from_object(self._lib, data, str(path))
             if program in self._sources:
                 self._sources[program].schema = self._schemas[program]
         for program in self.programs:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import interrupts
 from . import libbpf as lb
-from .btf_layout import schema_from_object_file
+from .btf_layout import schema_from_object
 from .errors import LoadError, NotLoaded
 from .events import read_counters
 from .hostinfo import HostFacts
@@ -48,9 +48,9 @@ def collect(programs: list[str], options: Options, facts: HostFacts) -> Counts:
     out: Counts = {}
     try:
         for program, fd in fds.items():
-            _, path = api.object_for(api.choose(program, facts, options), facts)
+            data, path = api.object_for(api.choose(program, facts, options), facts)
             with interrupts.deferred():
-                out[program] = read_counters(lib, fd, schema_from_object_file(lib, path))
+                out[program] = read_counters(lib, fd, schema_from_object(lib, data, str(path)))
     finally:
         for fd in fds.values():
             os.close(fd)
