@@ -327,6 +327,13 @@ def test_provenance_covered_by_the_signature(data: Path, trusted: Path) -> None:
                                        ("manifest.json", "manifest.json.sig", "provenance.json")}
     for name, sha in subjects.items():
         assert hashlib.sha256((site / name).read_bytes()).hexdigest() == sha, name
+    verified = cli(data, "--trusted-keys", str(trusted), "verify")
+    assert verified.returncode == 0 and "every file the provenance names matches" in verified.stdout, verified.stdout
+    code = site / "hids_bytecode" / "cli.py"  # the installed loader's own code is audited by `verify` too
+    code.write_bytes(code.read_bytes() + b"\n# changed after the build\n")
+    audit = cli(data, "--trusted-keys", str(trusted), "verify")
+    assert audit.returncode == EXIT_CODES["IntegrityError"], audit.stdout
+    assert "FAIL hids_bytecode/cli.py: differs from the provenance's sha256" in audit.stdout
     provenance = data / "provenance.json"
     provenance.write_bytes(provenance.read_bytes().replace(b"bookworm", b"bullseye"))
     proc = cli(data, "--trusted-keys", str(trusted), "provenance")

@@ -16,7 +16,7 @@ from typing import Any
 from . import api, interrupts
 from .errors import EXIT_CODES, HidsError, IntegrityError, InvalidArgument, NotPermitted
 from .hostinfo import SUPPORTED_ARCHES, what_if
-from .integrity import verify_manifest
+from .integrity import provenance_problems, verify_manifest
 from .manifest import DATA_ENV, Manifest, load_manifest, read_provenance
 from .selection import RUNTIME_ENV, Step, explain_lines
 from .trust import DEFAULT_KEYS_DIR, TrustPolicy
@@ -273,12 +273,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    results = verify_manifest(_manifest(args))
+    manifest = _manifest(args)
+    results = verify_manifest(manifest)
     bad = [r for r in results if not r.ok]
-    _print(args, {"checked": len(results), "failed": [{"unit": r.entry.unit, "reason": r.reason} for r in bad]},
-           "\n".join([f"FAIL {r.entry.unit}: {r.reason}" for r in bad]
+    # The provenance names every shipped file: the loader's own code is audited too.
+    files = provenance_problems(manifest)
+    _print(args, {"checked": len(results), "failed": [{"unit": r.entry.unit, "reason": r.reason} for r in bad],
+                  "provenance": files},
+           "\n".join([f"FAIL {r.entry.unit}: {r.reason}" for r in bad] + [f"FAIL {p}" for p in files]
+                     + (["every file the provenance names matches"] if manifest.provenance and not files else [])
                      + [f"{len(results) - len(bad)}/{len(results)} objects ok"]))
-    return IntegrityError.exit_code if bad else 0
+    return IntegrityError.exit_code if bad or files else 0
 
 
 def _verdict(manifest: Manifest) -> dict[str, object] | None:

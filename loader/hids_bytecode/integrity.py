@@ -15,11 +15,11 @@ from pathlib import Path
 
 from . import safefs
 from .elfinfo import ElfError, inventory
-from .errors import IntegrityError
-from .manifest import Entry, Manifest
+from .errors import HidsError, IntegrityError
+from .manifest import Entry, Manifest, read_provenance
 
-__all__ = ["read_verified", "read_object", "read_source", "source_problem", "check_inventory", "VerifyResult",
-           "verify_manifest"]
+__all__ = ["provenance_problems", "read_verified", "read_object", "read_source", "source_problem", "check_inventory",
+           "VerifyResult", "verify_manifest"]
 
 
 def _hashed(data: bytes, path: Path, sha256: str, what: str) -> bytes:
@@ -120,3 +120,27 @@ def verify_manifest(manifest: Manifest) -> list[VerifyResult]:
         except IntegrityError as exc:
             results.append(VerifyResult(entry, False, str(exc)))
     return results
+
+
+def provenance_problems(manifest: Manifest) -> list[str]:
+    """What differs between the provenance's subjects and the installed package: its code, objects
+    and sources (dist-info files only where present; pip rewrites RECORD). A wheel bundled before
+    provenance existed has nothing to check."""
+    if manifest.provenance is None:
+        return []
+    try:
+        doc = read_provenance(manifest)
+    except HidsError as exc:
+        return [str(exc)]
+    root = manifest.path.parent.parent.parent  # <root>/hids_bytecode/data/manifest.json
+    problems = []
+    for subject in doc.get("subject", []):
+        name, digest = str(subject.get("name", "")), subject.get("digest", {}).get("sha256")
+        path = root / name
+        if not path.is_file() or path.is_symlink():
+            if name.startswith("hids_bytecode/"):
+                problems.append(f"{name}: missing (the provenance names it)")
+            continue
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"{name}: differs from the provenance's sha256")
+    return problems
