@@ -109,7 +109,8 @@ def bench_serial(matrix_path: Path, shared: Path, work: Path) -> tuple[dict[str,
     matrix = load_matrix(matrix_path)
     doc = yaml.safe_load(matrix_path.read_text())
     first: dict[str, str] = {}
-    for k in matrix.kernels:
+    # The kernels CO-RE takes its BTF from stand for their series, so the sample keeps them.
+    for k in [c.btf_from for c in matrix.core] + list(matrix.kernels):
         first.setdefault(f"{'.'.join(k.upstream.split('.')[:2])}/{k.arch}", k.release)
     sample = [k for k in doc["kernels"] if k["release"] in first.values()]
     copy = _project_copy(matrix_path, work / "serial", sample)
