@@ -4,8 +4,8 @@ An entry is a directory named by the unit's cache key holding `unit.o` and `meta
 written in a staging directory owned by this process and renamed into place, so a reader sees a
 whole entry or none; staging left by a process that died is removed by the next cache opened on
 the same directory. A hit is trusted only when its metadata is well formed, its object matches
-the recorded sha256 and size, and the object still passes validation with the programs and maps
-recorded; anything else is discarded with one line and rebuilt.
+the recorded sha256 and size, and the object still reads as a BPF object with the programs and
+maps recorded; anything else is discarded with one line and rebuilt.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hids_bytecode.elfinfo import ElfError, inventory
+
 from .artifacts import discard
 from .owners import make_scratch, reap_scratch
-from .validate import InvalidObject, validate_object
 
 __all__ = ["CachedObject", "ObjectCache"]
 
@@ -50,11 +51,18 @@ class ObjectCache:
             return "meta.json is not an entry's metadata"
         if len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
             return "the object does not match the sha256 and size recorded when it was cached"
+        # The full validation ran before the object was cached; on every hit the loader's own ELF
+        # reader (0.4 ms, against pyelftools' 13 ms: a no-op build reads every object) checks it
+        # is still a BPF object with the programs and maps recorded.
         try:
-            info = validate_object(data)
-        except InvalidObject as exc:
-            return f"the object no longer validates: {exc}"
-        if list(info.programs) != meta["programs"] or list(info.maps) != meta["maps"]:
+            found = inventory(data)
+        except ElfError as exc:
+            return f"the object no longer reads as a BPF object: {exc}"
+        try:
+            recorded = {(p["name"], p["section"]) for p in meta["programs"]}
+        except (TypeError, KeyError):
+            return "meta.json's programs are not an entry's"
+        if found.programs != recorded or found.maps != set(meta["maps"]):
             return "the object's programs or maps differ from those recorded"
         return None
 
