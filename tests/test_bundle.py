@@ -78,7 +78,7 @@ def test_installed_wheel_ships_every_unit_and_verifies(venv: Path, one_shot_whee
     assert listed["version"] == version and version[len(VERSION) + 2:] == listed["source_hash"][:12]
     assert shown.stdout.strip() == f"hids-bytecode {version} (source {listed['source_hash']})"
     assert sorted(o["unit"] for o in listed["objects"]) == sorted(u["unit"] for u in index["units"])
-    assert verified == {"checked": len(index["units"]), "failed": []}
+    assert verified == {"checked": len(index["units"]), "failed": [], "provenance": []}
 
     # The package's own data, read as the loader reads it, hashed here independently.
     probe = (
