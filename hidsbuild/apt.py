@@ -164,15 +164,10 @@ class PrivateApt:
         """Download exact package versions into dest, concurrently, each checked against apt's sha256."""
         return fetch_all(self.locate(refs), dest, on_progress)
 
-    def madison(self, name: str, deb_arch: str) -> list[tuple[str, str, str]]:
-        """(apt name, version, suite) of every copy of a package in deb_arch's indices.
-
-        The apt name carries an arch qualifier for foreign-arch packages (pkg:arm64) and none
-        for native or arch-all ones, which is how `apt-get download` wants them named.
-        """
-        return self._madison([name], deb_arch).get(name, [])
-
     def _madison(self, names: list[str], deb_arch: str) -> dict[str, list[tuple[str, str, str]]]:
+        """package -> (apt name, version, suite) of every copy in deb_arch's indices. The apt name
+        carries an arch qualifier for foreign-arch packages (pkg:arm64) and none for native or
+        arch-all ones, which is how `apt-get download` wants them named."""
         # One apt-cache process for every name: each process re-reads all the suites' indices
         # (seconds apiece), so one call per package made header fetching mostly waiting.
         self.update()
@@ -186,10 +181,6 @@ class PrivateApt:
                     found.setdefault(cols[0].split(":")[0], []).append((cols[0], cols[1], where[1].split("/")[0]))
         return found
 
-    def package_names(self, prefix: str) -> list[str]:
-        self.update()
-        proc = subprocess.run(["apt-cache", *self._options(), "pkgnames", prefix], capture_output=True, text=True)
-        return sorted(proc.stdout.split())
 
 
 def _fetch_one(remote: Remote, dest: Path, on_progress: Callable[[int], None] | None) -> Path:

@@ -259,10 +259,9 @@ def _prepare_inputs(client: Any, image: ToolchainImage, matrix: Matrix, opts: Bu
     dump_arches = [a for a in core_arches if btf_header.load(planner.btf_header(a)) is None]
     core_kernels = [c.btf_from for c in matrix.core if c.arch in dump_arches]
     wanted = list(dict.fromkeys(kernels + core_kernels))
-    headers = HeadersCache(opts.cache_dir / "headers", None)
     with step(f"check the header trees of {len(wanted)} kernel(s)"):
-        headers.check(wanted)
-    need = [k for k in wanted if headers.missing(k)]
+        planner.headers.check(wanted)
+    need = [k for k in wanted if planner.headers.missing(k)]
     if need:
         with step(f"fetch kernel headers for {len(need)} kernel(s)"):
             apt = PrivateApt(opts.cache_dir / "apt", [k.suite for k in need], [k.deb_arch for k in need])
