@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from debian.debian_support import Version as DebVersion
 from rich.table import Table
 
 from .kernels import load_matrix
@@ -36,6 +37,8 @@ from .units import Unit
 __all__ = ["Figure", "run_bench"]
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every served kernel, checked in beside the default matrix: where scaling finds kernels beyond a matrix's.
+ALL_KERNELS = ROOT / "kernels-all.yaml"
 _SHARED_INPUTS = ("headers", "apt", "state", "btf")
 
 
@@ -132,21 +135,21 @@ def bench_serial(matrix_path: Path, shared: Path, work: Path) -> tuple[dict[str,
 
 
 def _extra_kernels(doc: dict[str, Any], count: int) -> list[dict[str, Any]]:
-    """`count` kernels: the matrix's, then served ones (newest of each suite first) from the archive."""
-    from .discover import DEFAULT_SUITES, discover, newest
-
+    """`count` kernels: the matrix's, then the newest others of kernels-all.yaml. That file holds only
+    kernels whose packages the pool really serves; the archive index also lists some that 404."""
     kernels = list(doc["kernels"])
     if count <= len(kernels):
         return kernels[:count]
     have = {k["release"] for k in kernels}
-    served = discover(DEFAULT_SUITES, sorted({k["arch"] for k in kernels}))
-    for s in [*newest(served), *sorted(served, reverse=True)]:
+    served = yaml.safe_load(ALL_KERNELS.read_text())["kernels"]
+    for k in sorted(served, key=lambda k: DebVersion(k["version"]), reverse=True):
         if len(kernels) == count:
             break
-        if s.release not in have:
-            have.add(s.release)
-            kernels.append({"release": s.release, "arch": s.arch, "suite": s.suite, "version": s.version,
-                            **({"image": s.image} if s.image else {})})
+        if k["release"] not in have:
+            have.add(k["release"])
+            kernels.append(k)
+    if len(kernels) < count:
+        raise SystemExit(f"error: --scaling {count}: only {len(kernels)} kernels in the matrix and {ALL_KERNELS.name}")
     return kernels
 
 
