@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..apt import PrivateApt
@@ -90,9 +90,14 @@ def _manifest(site: Path) -> dict:
     return json.loads((site / "hids_bytecode" / "data" / "manifest.json").read_text())
 
 
-def _expected_units(site: Path, kernel: Kernel) -> list[str]:
-    return sorted(e["unit"] for e in _manifest(site)["objects"]
-                  if e["kind"] == "exact" and e["kernel"].get("release") == kernel.release)
+def _expected_units(site: Path, kernel: Kernel) -> tuple[list[str], list[str]]:
+    """The units the kernel's guest must report: (exact ones built for its release, CO-RE ones of
+    its arch). CO-RE is what a host without an exact build falls back to, so it is proved on every
+    kernel, not only on those that have no exact build."""
+    objects = _manifest(site)["objects"]
+    exact = sorted(e["unit"] for e in objects if e["kind"] == "exact" and e["kernel"].get("release") == kernel.release)
+    core = sorted(e["unit"] for e in objects if e["kind"] == "core" and e["kernel"].get("arch") == kernel.arch)
+    return exact, core
 
 
 def _skipped_units(site: Path, kernel: Kernel) -> list[dict]:
@@ -122,7 +127,8 @@ class _Guest:
     """A kernel ready to boot: its result so far, image and initramfs; `image` None: settled already."""
 
     result: KernelResult
-    expected: list[str]
+    expected: list[str]  # exact units
+    core: list[str] = field(default_factory=list)  # CO-RE units of the kernel's arch
     image: KernelImage | None = None
     initrd: Path | None = None
 
@@ -134,7 +140,7 @@ def _prepare(kernel: Kernel, apt: PrivateApt, sites: dict[str, Path], opts: Veri
     if site is None:
         result.status, result.reason = "no wheel", f"no {kernel.arch} wheel in {opts.dist} (run `invoke build-all`)"
         return guest
-    guest.expected = _expected_units(site, kernel)
+    guest.expected, guest.core = _expected_units(site, kernel)
     result.skipped = _skipped_units(site, kernel)
     if not guest.expected:
         result.status, result.reason = "failed", f"the {kernel.arch} wheel has no object built for {kernel.release}"
@@ -149,13 +155,17 @@ def _prepare(kernel: Kernel, apt: PrivateApt, sites: dict[str, Path], opts: Veri
         result.status = "boot failed"
         result.reason = f"needs built in, but the initramfs carries no modules: {', '.join(missing)}"
         return guest
+    if not guest.core and opts.strict:
+        result.status, result.reason = "failed", (f"the {kernel.arch} wheel has no CO-RE object: the fallback of "
+                                                  "hosts without an exact build would go unproved (--strict)")
+        return guest
     guest.image = image
     guest.initrd = initramfs(site, kernel.arch, opts.cache, scratch / f"{kernel.release}.cpio.gz", image.module)
     return guest
 
 
 def _boot(kernel: Kernel, guest: _Guest, opts: VerifyOptions) -> KernelResult:
-    result, expected = guest.result, guest.expected
+    result = guest.result
     if guest.image is None or guest.initrd is None:
         return result
     run = boot(kernel.arch, guest.image.vmlinuz, guest.initrd, opts.timeout)
@@ -171,11 +181,23 @@ def _boot(kernel: Kernel, guest: _Guest, opts: VerifyOptions) -> KernelResult:
     elif result.uname != kernel.release:
         result.status, result.reason = "failed", f"the guest runs {result.uname}, not {kernel.release}"
     else:
-        missing = sorted(set(expected) - {r["unit"] for r in result.rows})
-        if missing:
-            result.status, result.reason = "failed", f"not checked in the guest: {', '.join(missing)}"
+        unchecked = _unchecked(guest, kernel.arch)
+        if unchecked:
+            result.status, result.reason = "failed", unchecked
     result.settle()
     return result
+
+
+def _unchecked(guest: _Guest, arch: str) -> str:
+    """Why the guest's rows fall short of what it had to check ('' when they do not): an exact
+    unit of its kernel, or a CO-RE unit of its arch, with no row."""
+    checked = {r["unit"] for r in guest.result.rows}
+    missing, core = sorted(set(guest.expected) - checked), sorted(set(guest.core) - checked)
+    notes = [f"not checked in the guest: {', '.join(missing)}"] if missing else []
+    if core:
+        notes.append(f"no CO-RE row for {arch} in the guest's result (CO-RE is proved on every kernel): "
+                     f"{', '.join(core)}")
+    return "; ".join(notes)
 
 
 def run_verify(opts: VerifyOptions) -> list[KernelResult]:
