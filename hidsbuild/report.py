@@ -8,8 +8,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 __all__ = ["console", "step", "UnitProgress", "ByteProgress", "summary_table", "skipped_report", "failure_report"]
@@ -42,7 +49,7 @@ class UnitProgress:
     def _detail(self) -> str:
         return f"cache hits {self.counts['cached']}  built {self.counts['built']}  failed {self.counts['failed']}"
 
-    def __enter__(self) -> "UnitProgress":
+    def __enter__(self) -> UnitProgress:
         self._progress.start()
         return self
 
@@ -62,7 +69,7 @@ class ByteProgress:
                                   TimeElapsedColumn(), console=console, transient=False)
         self._task = self._progress.add_task(label, total=total)
 
-    def __enter__(self) -> "ByteProgress":
+    def __enter__(self) -> ByteProgress:
         self._progress.start()
         return self
 

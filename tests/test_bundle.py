@@ -87,11 +87,13 @@ def test_installed_wheel_ships_every_unit_and_verifies(venv: Path, one_shot_whee
         "data = resources.files('hids_bytecode') / 'data'\n"
         "manifest = json.loads((data / 'manifest.json').read_text())\n"
         "objects = sorted(p.name for p in (data / 'objects').iterdir())\n"
-        "bad = [e['unit'] for e in manifest['objects'] if hashlib.sha256((data / e['object']).read_bytes()).hexdigest()"
-        " != e['sha256'] or hashlib.sha256((data / e['source']['path']).read_bytes()).hexdigest() != e['source']['sha256']]\n"
+        "digest = lambda rel: hashlib.sha256((data / rel).read_bytes()).hexdigest()\n"
+        "bad = [e['unit'] for e in manifest['objects']"
+        " if digest(e['object']) != e['sha256'] or digest(e['source']['path']) != e['source']['sha256']]\n"
         "meta = md.metadata('hids-bytecode')\n"
         "print(json.dumps({'manifest': manifest, 'objects': objects, 'bad': bad, 'requires': meta['Requires-Python'],"
-        " 'deps': md.requires('hids-bytecode'), 'scripts': [(e.group, e.name, e.value) for e in md.distribution('hids-bytecode').entry_points]}))\n"
+        " 'deps': md.requires('hids-bytecode'),"
+        " 'scripts': [(e.group, e.name, e.value) for e in md.distribution('hids-bytecode').entry_points]}))\n"
     )
     seen = json.loads(subprocess.run([str(venv / "bin/python"), "-c", probe], capture_output=True, text=True,
                                      check=True, cwd=venv).stdout)

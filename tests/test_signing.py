@@ -148,7 +148,8 @@ def test_bundle_without_key_says_unsigned_and_ships_no_signature(build: Path, tm
 
 def test_signing_key_from_environment_and_reproducible(build: Path, keys: dict[str, Path], signed_wheel: Path,
                                                       tmp_path: Path) -> None:
-    proc = invoke("bundle", "--build-dir", str(build), "--dist", str(tmp_path), env={"HIDS_SIGNING_KEY": str(keys["key"])})
+    proc = invoke("bundle", "--build-dir", str(build), "--dist", str(tmp_path),
+                  env={"HIDS_SIGNING_KEY": str(keys["key"])})
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("*.whl")
     # Same inputs, same key: byte-identical (Ed25519 is deterministic, no clock is read).

@@ -32,14 +32,16 @@ def test_every_pin_is_installed_exactly_and_is_part_of_the_identity() -> None:
     dockerfile = _render_dockerfile(tc)
     install = next(line for line in dockerfile.splitlines() if "apt-get install" in line)
     assert sorted(re.findall(r"(\S+)=(\S+)", install)) == sorted(tc.packages)
-    moved = dataclasses.replace(tc, packages=tuple((n, v + "+1") if n == "libllvm19" else (n, v) for n, v in tc.packages))
+    moved = dataclasses.replace(tc, packages=tuple((n, v + "+1") if n == "libllvm19" else (n, v)
+                                                   for n, v in tc.packages))
     assert recipe_hash(moved) != recipe_hash(tc)
 
 
 @pytest.mark.parametrize("edit, reason", [
     (lambda t: t.replace('    bpftool: "7.1.0+6.1.176-1"\n', ""), "must pin bpftool"),
     (lambda t: t.replace('clang-19: "1:19.1.7-3~deb12u1"', 'clang-19: "latest please"'), "is not a Debian version"),
-    (lambda t: t.replace('clang-19: "1:19.1.7-3~deb12u1"', 'Clang_19: "1:19.1.7-3~deb12u1"'), "is not a Debian package"),
+    (lambda t: t.replace('clang-19: "1:19.1.7-3~deb12u1"', 'Clang_19: "1:19.1.7-3~deb12u1"'),
+     "is not a Debian package"),
 ])
 def test_bad_pins_are_refused(tmp_path: Path, edit, reason: str) -> None:
     project = copy_project(tmp_path / "p")
@@ -77,9 +79,11 @@ def test_image_rebuilt_from_scratch_gives_byte_identical_objects(tmp_path: Path)
 def test_refreshing_the_pins_is_one_command_that_keeps_the_file(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "p")
     current = _matrix_text()
-    (project / "kernels.yaml").write_text(current.replace('llvm-19: "1:19.1.7-3~deb12u1"', 'llvm-19: "1:19.1.7-3~deb12u0"'))
-    proc = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "kernels.discover", "--toolchain",
-                           "--write", str(project / "kernels.yaml")], capture_output=True, text=True, cwd=ROOT)
+    stale = current.replace('llvm-19: "1:19.1.7-3~deb12u1"', 'llvm-19: "1:19.1.7-3~deb12u0"')
+    (project / "kernels.yaml").write_text(stale)
+    proc = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "kernels.discover",
+                           "--toolchain", "--write", str(project / "kernels.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "updated  llvm-19: 1:19.1.7-3~deb12u0 -> 1:19.1.7-3~deb12u1" in proc.stdout
     assert (project / "kernels.yaml").read_text() == current  # comments and every other line kept

@@ -66,7 +66,8 @@ def test_build_index_table_and_manifest_name_the_skipped_variants(built_project:
     assert all(s["arch"] == "x86_64" and s["reason"].startswith(f"{WRAPPER_OPTION}=y") for s in skipped.values())
 
     proc = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "bundle", "--build-dir",
-                           str(built_project), "--dist", str(tmp_path / "dist")], check=False, capture_output=True, text=True, cwd=ROOT)
+                           str(built_project), "--dist", str(tmp_path / "dist")],
+                          check=False, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
