@@ -216,9 +216,14 @@ def _guest_modules(monkeypatch: pytest.MonkeyPatch) -> Any:
     return guest_check, workloads
 
 
-def test_declared_event_kinds_are_the_probe_sources_and_each_has_a_workload() -> None:
+def _any_facts() -> Any:
+    """Workload facts that hold a value under every key, nested ones included."""
     from collections import defaultdict
 
+    return defaultdict(_any_facts)
+
+
+def test_declared_event_kinds_are_the_probe_sources_and_each_has_a_workload() -> None:
     from hidsbuild.verify import workloads
 
     assert sorted(workloads.DECLARED) == sorted(p.name.split(".")[0] for p in (ROOT / "bpf").glob("*.bpf.c"))
@@ -226,7 +231,7 @@ def test_declared_event_kinds_are_the_probe_sources_and_each_has_a_workload() ->
         emitted = set(re.findall(r"HIDS_EV_([A-Z_]+)", (ROOT / "bpf" / f"{family}.bpf.c").read_text()))
         assert {k.upper() for k in kinds} == emitted, family
         # Every declared kind has at least one expected event, with at least one field checked.
-        expected = workloads.expectations(family, defaultdict(int))
+        expected = workloads.expectations(family, _any_facts())
         assert {e.kind for e in expected} == set(kinds), family
         assert all(e.fields for e in expected), family
 
@@ -242,6 +247,89 @@ def test_a_field_that_differs_fails_its_kind(monkeypatch: pytest.MonkeyPatch) ->
     assert checks["chmod"]["status"] == "fail" and checks["chmod"]["got"][0]["mode"] == 0o600
     assert checks["rmdir"] == {"status": "ok", "count": 1, "expected": ["tgid=7 path=/w/d"], "got": []}
     assert checks["open"]["status"] == "fail" and checks["open"]["got"] == []
+
+
+def test_an_event_the_guest_cannot_produce_is_na_with_its_proof(monkeypatch: pytest.MonkeyPatch) -> None:
+    guest_check, workloads = _guest_modules(monkeypatch)
+    hdr = {"tgid": 7}
+    # No memory controller: oom_kill n/a with the guest's proof, nothing awaited, the rest still checked.
+    kernel = {"pid": 7, "target": "/w/mnt", "bpf_attr_size": 72, "ptrace_target": 8, "module_fd": 3,
+              "module_len": 10, "oom_na": "/sys/fs/cgroup/cgroup.controllers lacks memory (it lists: cpu io pids)"}
+    mount = {"event": "mount", "hdr": hdr, "source": "hids-src", "target": "/w/mnt", "fstype": "tmpfs",
+             "mount_flags": 6}
+    checks = guest_check._kind_checks("kernel", kernel, [mount])
+    assert checks["oom_kill"] == {"status": "n/a", "count": 0, "expected": [], "got": [],
+                                  "n/a": [kernel["oom_na"]]}
+    assert checks["mount"]["status"] == "ok" and checks["bpf"]["status"] == "fail"
+    # No IPv6 in the guest: each kind still needs its IPv4 event, and keeps the IPv6 proof beside it.
+    v4 = {"host": "127.0.0.1", "port": 80, "cport": 5000, "srv_fd": 3, "cli_fd": 4, "conn_fd": 5}
+    network = {"pid": 7, "v4": v4, "v6_na": "the guest's kernel runs no IPv6: /proc/net/if_inet6 is absent"}
+    tcp = {"hdr": hdr, "family": 2, "protocol": 6, "saddr": "127.0.0.1", "daddr": "127.0.0.1"}
+    connect = {**tcp, "event": "connect", "fd": 4, "ret": 0, "sport": 5000, "dport": 80}
+    checks = guest_check._kind_checks("network", network, [connect])
+    assert checks["connect"]["status"] == "ok" and checks["connect"]["n/a"] == [network["v6_na"]]
+    assert checks["accept"]["status"] == "fail" and checks["accept"]["n/a"] == [network["v6_na"]]
+    from hidsbuild.verify.page import na_kinds
+    assert na_kinds({"kinds": checks}) == {k: [network["v6_na"]] for k in ("accept", "close", "connect")}
+
+
+def test_memory_controller_absence_is_read_from_the_guests_files(tmp_path: Path) -> None:
+    from hidsbuild.verify.workloads import memory_controller_absent
+
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io pids\n")
+    assert memory_controller_absent(str(tmp_path)) == (
+        f"{tmp_path}/cgroup.controllers lacks memory (it lists: cpuset cpu io pids)")
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    assert memory_controller_absent(str(tmp_path)) == ""
+    assert memory_controller_absent(str(tmp_path / "v1")) == (
+        f"no cgroup2 hierarchy at {tmp_path}/v1: {tmp_path}/v1/cgroup.controllers is absent")
+    # This host mounts cgroup v1 at /sys/fs/cgroup (no cgroup.controllers), or a cgroup2 one.
+    host = memory_controller_absent()
+    controllers = Path("/sys/fs/cgroup/cgroup.controllers")
+    assert (host == "") == (controllers.exists() and "memory" in controllers.read_text().split())
+
+
+@pytest.mark.skipif(not Path("/proc/net/if_inet6").exists(), reason="this host runs no IPv6")
+def test_network_workload_connects_over_ipv4_and_ipv6() -> None:
+    import socket
+
+    from hidsbuild.verify import workloads
+
+    proc = subprocess.run([sys.executable, "-B", str(VERIFY_DIR / "workloads.py"), "network", "/tmp/unused"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    facts = json.loads(proc.stdout)
+    assert facts["v4"]["host"] == "127.0.0.1" and facts["v6"]["host"] == "::1" and "v6_na" not in facts
+    by_family: dict[int, list[str]] = {}
+    for want in workloads.expectations("network", facts):
+        by_family.setdefault(want.fields["family"], []).append(want.kind)
+        assert want.fields["sport"] and want.fields["dport"] and want.fields["saddr"] == want.fields["daddr"]
+    assert by_family == {socket.AF_INET: ["connect", "accept", "close"], socket.AF_INET6: ["connect", "accept", "close"]}
+
+
+def test_a_guest_without_core_rows_fails(tmp_path: Path) -> None:
+    from hidsbuild.kernels import load_matrix
+    from hidsbuild.verify.matrix import KernelResult
+    from hidsbuild.verify.run import _expected_units, _Guest, _unchecked
+
+    release = "6.1.0-50-cloud-amd64"
+    objects = [{"unit": f"{p}/{release}/w1d0", "kind": "exact", "kernel": {"release": release, "arch": "x86_64"}}
+               for p in ("file", "network")]
+    objects += [{"unit": f"{p}/core-{a}/w1d0", "kind": "core", "kernel": {"arch": a}}
+                for p in ("file", "network") for a in ("x86_64", "aarch64")]
+    (tmp_path / "hids_bytecode" / "data").mkdir(parents=True)
+    (tmp_path / "hids_bytecode" / "data" / "manifest.json").write_text(json.dumps({"objects": objects}))
+    kernel = next(k for k in load_matrix(ROOT / "kernels.yaml").kernels if k.release == release)
+    exact, core = _expected_units(tmp_path, kernel)
+    assert exact == [f"file/{release}/w1d0", f"network/{release}/w1d0"]
+    assert core == ["file/core-x86_64/w1d0", "network/core-x86_64/w1d0"]  # its own arch's only
+    guest = _Guest(KernelResult.of(kernel), exact, core)
+    guest.result.rows = [{"unit": u} for u in exact]
+    assert _unchecked(guest, kernel.arch) == ("no CO-RE row for x86_64 in the guest's result (CO-RE is proved on "
+                                              "every kernel): file/core-x86_64/w1d0, network/core-x86_64/w1d0")
+    guest.result.rows += [{"unit": "network/core-x86_64/w1d0"}]
+    assert _unchecked(guest, kernel.arch).endswith("result (CO-RE is proved on every kernel): file/core-x86_64/w1d0")
+    guest.result.rows += [{"unit": "file/core-x86_64/w1d0"}]
+    assert _unchecked(guest, kernel.arch) == ""
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reads /proc/kallsyms names and tracefs")

@@ -134,7 +134,10 @@ def render_table(results: list[KernelResult]) -> Table:
 
 def _na_note(row: dict[str, Any]) -> str:
     na = [p for p in row.get("programs", []) if p["status"] == "n/a"]
-    return f"kprobe attach n/a ({len(na)} programs): {na[0]['message']}" if na else ""
+    notes = [f"kprobe attach n/a ({len(na)} programs): {na[0]['message']}"] if na else []
+    kinds = {k: c["n/a"][0] for k, c in sorted(row.get("kinds", {}).items()) if isinstance(c, dict) and c.get("n/a")}
+    notes += [f"{kind} n/a: {proof}" for kind, proof in kinds.items()]
+    return "; ".join(notes)
 
 
 def write_text(results: list[KernelResult], path: Path) -> None:

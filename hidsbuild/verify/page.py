@@ -16,13 +16,13 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from .matrix import KernelResult, failures, unproved
 
-__all__ = ["OUTCOMES", "Cell", "grid", "render_page", "write_page"]
+__all__ = ["OUTCOMES", "Cell", "grid", "na_kinds", "render_page", "write_page"]
 
 _TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 # Outcome of a cell -> what the legend says it means.
 OUTCOMES = {
     "ok": "selected, loaded, attached, events read back",
-    "n/a": "proved, with programs marked n/a by the guest's own facts",
+    "n/a": "proved, with programs or events marked n/a by the guest's own facts",
     "fail": "a step failed: the cell holds the error and the verifier log",
     "skipped": "not built: cannot run on this kernel (reason inside)",
     "unproved": "kernel not booted: no image served, or no shard verified it",
@@ -55,9 +55,17 @@ def _row_outcome(row: dict[str, Any]) -> str:
     values = [row.get(k) for k in _STEPS]
     if any(v not in ("ok", "n/a") for v in values):
         return "fail"
-    if "n/a" in values or any(p.get("status") == "n/a" for p in row.get("programs", [])):
+    if "n/a" in values or any(p.get("status") == "n/a" for p in row.get("programs", [])) or na_kinds(row):
         return "n/a"
     return "ok"
+
+
+def na_kinds(row: dict[str, Any]) -> dict[str, list[str]]:
+    """Event kinds some expectation of which the guest proved impossible there -> its proofs."""
+    kinds = row.get("kinds")
+    if not isinstance(kinds, dict):
+        return {}
+    return {k: c["n/a"] for k, c in sorted(kinds.items()) if isinstance(c, dict) and c.get("n/a")}
 
 
 def proved_kinds(row: dict[str, Any]) -> list[str]:
@@ -115,7 +123,7 @@ def render_page(results: list[KernelResult]) -> str:
     columns, table = grid(results)
     return env.get_template("compat.html.j2").render(
         columns=columns, table=table, totals=summary(results), outcomes=OUTCOMES, steps=_STEPS,
-        proved_kinds=proved_kinds)
+        proved_kinds=proved_kinds, na_kinds=na_kinds)
 
 
 def write_page(results: list[KernelResult], path: Path) -> None:

@@ -54,13 +54,15 @@ class Masked:
 
 @dataclass(frozen=True)
 class Expect:
-    """One event the workload must have produced: of `kind`, by process `tgid`, with `fields`."""
+    """One event the workload must have produced: of `kind`, by process `tgid`, with `fields`.
+    `na` set: the guest cannot produce it, and this is the guest's own proof of why."""
     kind: str
     tgid: int
     fields: dict[str, Any] = field(default_factory=dict)
+    na: str = ""
 
     def matches(self, event: dict[str, Any]) -> bool:
-        if event.get("event") != self.kind or event.get("hdr", {}).get("tgid") != self.tgid:
+        if self.na or event.get("event") != self.kind or event.get("hdr", {}).get("tgid") != self.tgid:
             return False
         return all(want.matches(event.get(name)) if isinstance(want, Masked) else event.get(name) == want
                    for name, want in self.fields.items())
@@ -208,10 +210,24 @@ def _ptrace() -> dict[str, Any]:
     return {"ptrace_target": target}
 
 
+def memory_controller_absent(root: str = _CGROUP) -> str:
+    """Why no memory-limited cgroup can be made under `root`, from the guest's own files; '' when it can."""
+    path = f"{root}/cgroup.controllers"
+    try:
+        controllers = open(path).read().split()
+    except FileNotFoundError:
+        return f"no cgroup2 hierarchy at {root}: {path} is absent"
+    if "memory" not in controllers:
+        return f"{path} lacks memory (it lists: {' '.join(controllers) or 'nothing'})"
+    return ""
+
+
 def _oom(work: str) -> dict[str, Any]:
-    """A child in a cgroup limited to 32 MiB touches 256 MiB: the memcg OOM killer takes it."""
-    if "memory" not in open(f"{_CGROUP}/cgroup.controllers").read().split():
-        raise RuntimeError(f"no memory controller in {_CGROUP}/cgroup.controllers")
+    """A child in a cgroup limited to 32 MiB touches 256 MiB: the memcg OOM killer takes it. A
+    guest without the memory controller cannot be made to OOM that way: n/a, with its proof."""
+    absent = memory_controller_absent()
+    if absent:
+        return {"oom_na": absent}
     with open(f"{_CGROUP}/cgroup.subtree_control", "w") as ctl:
         ctl.write("+memory")
     group = f"{_CGROUP}/hids-oom-{os.path.basename(work)}"
@@ -254,7 +270,7 @@ def _kernel(work: str, module: str | None) -> dict[str, Any]:
     facts.update(_ptrace())
     facts.update(_module_load(module))
     facts.update(_oom(work))
-    facts["pids"] = [facts["pid"], facts["oom_victim"]]
+    facts["pids"] = [facts["pid"]] + ([facts["oom_victim"]] if "oom_victim" in facts else [])
     return facts
 
 
@@ -269,36 +285,57 @@ def _kernel_expect(f: dict[str, Any]) -> list[Expect]:
         Expect("ptrace", pid, {"request": _PTRACE_PEEKDATA, "target_pid": f["ptrace_target"], "addr": _PEEK_ADDR}),
         Expect("module_load", pid, {"fd": f["module_fd"], "module_flags": 0, "args": "hids_verify=1"}),
         Expect("module_load", pid, {"fd": -1, "len": f["module_len"], "args": "hids_verify=2"}),
+        Expect("oom_kill", pid, na=f["oom_na"]) if f.get("oom_na") else
         Expect("oom_kill", f["oom_victim"], {"victim_pid": f["oom_victim"]}),
     ]
 
 
-# --- network: TCP over IPv4 loopback -------------------------------------------------------------
+# --- network: TCP over IPv4 and IPv6 loopback ---------------------------------------------------
 
-def _network(_work: str, _module: str | None) -> dict[str, Any]:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
+_INET6 = "/proc/net/if_inet6"  # present exactly when the kernel runs IPv6
+
+
+def _tcp_pair(family: socket.AddressFamily, host: str) -> dict[str, Any]:
+    """connect, accept and close of one TCP connection over `host`: the fds and ports each event carries."""
+    srv = socket.socket(family)
+    srv.bind((host, 0))
     srv.listen(1)
-    cli = socket.socket()
-    cli.connect(srv.getsockname())  # blocking, so connect returns 0 (a timeout would make it -EINPROGRESS)
+    cli = socket.socket(family)
+    cli.connect(srv.getsockname()[:2])  # blocking, so connect returns 0 (a timeout would make it -EINPROGRESS)
     conn, _ = srv.accept()
-    facts = {"pid": os.getpid(), "port": srv.getsockname()[1], "cport": cli.getsockname()[1],
+    facts = {"host": host, "port": srv.getsockname()[1], "cport": cli.getsockname()[1],
              "srv_fd": srv.fileno(), "cli_fd": cli.fileno(), "conn_fd": conn.fileno()}
     conn.close()
     cli.close()
     srv.close()
-    facts["pids"] = [facts["pid"]]
     return facts
 
 
-def _network_expect(f: dict[str, Any]) -> list[Expect]:
-    tcp = {"family": socket.AF_INET, "protocol": socket.IPPROTO_TCP, "saddr": "127.0.0.1", "daddr": "127.0.0.1"}
+def _network(_work: str, _module: str | None) -> dict[str, Any]:
+    facts: dict[str, Any] = {"pid": os.getpid(), "pids": [os.getpid()], "v4": _tcp_pair(socket.AF_INET, "127.0.0.1")}
+    if os.path.exists(_INET6):
+        facts["v6"] = _tcp_pair(socket.AF_INET6, "::1")
+    else:
+        facts["v6_na"] = f"the guest's kernel runs no IPv6: {_INET6} is absent"
+    return facts
+
+
+def _pair_expect(pid: int, family: int, c: dict[str, Any]) -> list[Expect]:
+    tcp = {"family": family, "protocol": socket.IPPROTO_TCP, "saddr": c["host"], "daddr": c["host"]}
     return [
-        Expect("connect", f["pid"], {**tcp, "fd": f["cli_fd"], "ret": 0, "sport": f["cport"], "dport": f["port"]}),
-        Expect("accept", f["pid"], {**tcp, "fd": f["conn_fd"], "listen_fd": f["srv_fd"], "sport": f["port"],
-                                    "dport": f["cport"]}),
-        Expect("close", f["pid"], {**tcp, "fd": f["conn_fd"], "sport": f["port"], "dport": f["cport"]}),
+        Expect("connect", pid, {**tcp, "fd": c["cli_fd"], "ret": 0, "sport": c["cport"], "dport": c["port"]}),
+        Expect("accept", pid, {**tcp, "fd": c["conn_fd"], "listen_fd": c["srv_fd"], "sport": c["port"],
+                               "dport": c["cport"]}),
+        Expect("close", pid, {**tcp, "fd": c["conn_fd"], "sport": c["port"], "dport": c["cport"]}),
     ]
+
+
+def _network_expect(f: dict[str, Any]) -> list[Expect]:
+    pid = f["pid"]
+    v4 = _pair_expect(pid, socket.AF_INET, f["v4"])
+    if f.get("v6_na"):
+        return v4 + [Expect(e.kind, pid, na=f["v6_na"]) for e in v4]
+    return v4 + _pair_expect(pid, socket.AF_INET6, f["v6"])
 
 
 WORKLOADS: dict[str, Callable[[str, str | None], dict[str, Any]]] = {
