@@ -151,8 +151,10 @@ def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None
     """List the kernel releases Debian's archive serves now (signed Packages indexes), or refresh a kernels.yaml."""
     import re
 
+    from hids_bytecode.arches import ARCHES
+
     from hidsbuild import discover as crawler
-    from hidsbuild.kernels import ARCHES, load_matrix
+    from hidsbuild.kernels import load_matrix
 
     if toolchain:
         _discover_toolchain(Path(write) if write else DEFAULT_MATRIX, bool(write))
@@ -192,13 +194,15 @@ def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None
 def _discover_toolchain(matrix: Path, write: bool) -> None:
     import platform
 
+    from hids_bytecode.arches import ARCHES
+
     from hidsbuild import discover as crawler
-    from hidsbuild.kernels import ARCHES, load_matrix
+    from hidsbuild.kernels import load_matrix
 
     tc = load_matrix(matrix).toolchain
     if not tc.packages:
         raise Exit(f"error: {matrix}: toolchain has no `packages:` to refresh; list the packages to pin there", code=2)
-    served = crawler.served_toolchain(tc, ARCHES[platform.machine()][0])
+    served = crawler.served_toolchain(tc, ARCHES[platform.machine()].debian)
     if not write:
         print("  packages:")
         for name, _ in tc.packages:

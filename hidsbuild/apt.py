@@ -1,8 +1,9 @@
-"""A private apt state on the build host for Debian's kernel packages of any suite.
+"""A private apt state on the build host for a distro archive's kernel packages of any suite.
 
-apt checks the archive's signatures (InRelease against the host's Debian keyrings) and the
-package hashes, so nothing downloaded here is trusted on the mirror's word alone. The mirror
-addresses come from the host's own apt configuration, never from this code.
+apt checks the archive's signatures (InRelease against only the keyrings the distro module names,
+`signed-by`) and the package hashes, so nothing downloaded here is trusted on the mirror's word
+alone. The mirror addresses come from the distro module (for Debian, the host's own apt
+configuration), never from this code.
 """
 
 from __future__ import annotations
@@ -18,24 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .distros import Archive
+from .distros.debian import ARCHIVE as DEBIAN_ARCHIVE
 from .errors import HeadersUnavailable
 from .report import console
 
-__all__ = ["Mirrors", "host_mirrors", "PrivateApt", "PackageRef", "Remote", "fetch_all"]
+__all__ = ["PrivateApt", "PackageRef", "Remote", "fetch_all"]
 
 _FETCH_JOBS = 4  # concurrent downloads: enough to hide latency, few enough to be polite to a mirror
 
 _SUITE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
-_HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
-
-
-@dataclass(frozen=True)
-class Mirrors:
-    debian: str
-    security: str
-
-    def for_suite(self, suite: str) -> str:
-        return self.security if suite.endswith("-security") else self.debian
 
 
 @dataclass(frozen=True)
@@ -59,29 +52,14 @@ class PackageRef:
         return f"{self.name}={self.version} ({self.suite}/{self.deb_arch})"
 
 
-def host_mirrors() -> Mirrors:
-    """The Debian and Debian-security mirrors this host's apt already uses."""
-    uris: list[str] = []
-    for path in _HOST_SOURCES:
-        if path.is_file():
-            text = path.read_text()
-            uris += re.findall(r"^URIs:\s*(\S+)", text, re.M)
-            uris += re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M)
-    debian = next((u for u in uris if not u.rstrip("/").endswith("-security")), None)
-    if debian is None:
-        raise HeadersUnavailable("no Debian mirror in the host's apt sources (/etc/apt/sources.list.d/debian.sources)")
-    security = next((u for u in uris if u.rstrip("/").endswith("-security")), debian.rstrip("/") + "-security")
-    return Mirrors(debian.rstrip("/"), security.rstrip("/"))
-
-
 class PrivateApt:
     """apt-get/apt-cache over a state directory of our own, for the suites and arches asked."""
 
-    def __init__(self, root: Path, suites: list[str], deb_arches: list[str], mirrors: Mirrors | None = None) -> None:
+    def __init__(self, root: Path, suites: list[str], deb_arches: list[str], archive: Archive = DEBIAN_ARCHIVE) -> None:
         self.root = root
         self.suites = sorted(set(suites))
         self.deb_arches = sorted(set(deb_arches))
-        self.mirrors = mirrors or host_mirrors()
+        self.archive = archive
         self._updated = False
 
     def _options(self) -> list[str]:
@@ -103,13 +81,15 @@ class PrivateApt:
         # kernels.yaml checks suites too; this line keeps a bad one from ever becoming a source line.
         bad = [s for s in self.suites if not _SUITE.fullmatch(s)]
         if bad:
-            raise HeadersUnavailable(f"refusing suite name {bad[0]!r}: not a Debian suite name")
+            raise HeadersUnavailable(f"refusing suite name {bad[0]!r}: not a {self.archive.name} suite name")
         for sub in ("lists/partial", "cache/archives/partial"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "status").touch()
-        lines = [
-            f"deb [arch={','.join(self.deb_arches)}] {self.mirrors.for_suite(s)} {s} main" for s in self.suites
-        ]
+        keyrings = self.archive.keyrings()
+        if not keyrings:
+            raise HeadersUnavailable(f"no {self.archive.name} archive keyring on this host to check its signatures")
+        options = f"arch={','.join(self.deb_arches)} signed-by={','.join(str(k) for k in keyrings)}"
+        lines = [f"deb [{options}] {self.archive.mirror(s)} {s} main" for s in self.suites]
         (self.root / "sources.list").write_text("\n".join(lines) + "\n")
 
     def update(self) -> None:
@@ -140,7 +120,7 @@ class PrivateApt:
             names = [name for name, version, _ in copies if version == ref.version]
             if not names:
                 raise HeadersUnavailable(
-                    f"{ref.name}={ref.version} ({ref.deb_arch}) is no longer served by Debian suite {ref.suite}: "
+                    f"{ref.name}={ref.version} ({ref.deb_arch}) is no longer served by {self.archive.name} suite {ref.suite}: "
                     f"run `invoke kernels.discover --suite {ref.suite}` and update that kernel's version in kernels.yaml"
                 )
             specs.append(f"{names[0]}={ref.version}")

@@ -1,6 +1,6 @@
-"""Debian archive indexes read directly, trusting only what the archive's signing keys vouch for.
+"""Debian-format archive indexes read directly, trusting only what the archive's signing keys vouch for.
 
-InRelease is checked with gpgv against the Debian archive keyrings and only its signed text is
+InRelease is checked with gpgv against the keyrings the distro module names and only its signed text is
 read; each Packages file must then match the sha256 and size InRelease gives for it. Nothing
 here calls apt: one suite's index is two HTTP requests, and suites are fetched concurrently.
 """
@@ -24,9 +24,8 @@ from debian.deb822 import Packages, Release
 
 from .errors import HeadersUnavailable
 
-__all__ = ["ArchiveError", "KEYRINGS", "SuiteRelease", "fetch", "verified_release", "packages_paragraphs"]
+__all__ = ["ArchiveError", "SuiteRelease", "fetch", "verified_release", "packages_paragraphs"]
 
-KEYRINGS = tuple(sorted(p for p in Path("/usr/share/keyrings").glob("debian-archive-*.gpg") if "removed" not in p.name))
 _TIMEOUT = 60
 # Packages formats in the order they are preferred: gzip before xz because xz takes three times
 # as long to unpack (2 s a suite here), which is more than the bigger download costs.
@@ -56,12 +55,12 @@ def fetch(url: str) -> bytes:
         raise ArchiveError(f"cannot fetch {url}: {getattr(exc, 'reason', exc)}") from None
 
 
-def verified_release(mirror: str, suite: str, keyrings: tuple[Path, ...] = KEYRINGS) -> SuiteRelease:
-    """Fetch dists/<suite>/InRelease and keep its signed text only if a Debian archive key signed it."""
+def verified_release(mirror: str, suite: str, keyrings: tuple[Path, ...]) -> SuiteRelease:
+    """Fetch dists/<suite>/InRelease and keep its signed text only if a key of `keyrings` signed it."""
     url = f"{mirror}/dists/{suite}/InRelease"
     signed = fetch(url)
     if not keyrings:
-        raise ArchiveError("no Debian archive keyring in /usr/share/keyrings (apt-get install debian-archive-keyring)")
+        raise ArchiveError(f"{url}: no archive keyring to check it against (for Debian: apt-get install debian-archive-keyring)")
     with tempfile.TemporaryDirectory(prefix="hids-inrelease-") as tmp:
         plain = Path(tmp) / "Release"
         # gpgv exits non-zero when one of several signatures has no key here (a newer release's
@@ -73,7 +72,7 @@ def verified_release(mirror: str, suite: str, keyrings: tuple[Path, ...] = KEYRI
         status = proc.stdout.decode(errors="replace")
         if "[GNUPG:] VALIDSIG " not in status or "[GNUPG:] BADSIG " in status or not plain.is_file():
             reason = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no valid signature"])[-1]
-            raise ArchiveError(f"{url}: not signed by a Debian archive key ({reason.removeprefix('gpgv: ')})")
+            raise ArchiveError(f"{url}: not signed by an archive key ({reason.removeprefix('gpgv: ')})")
         release = Release(plain.read_text(encoding="utf-8"))
     if suite not in (release.get("Suite"), release.get("Codename")):
         raise ArchiveError(f"{url}: signed for suite {release.get('Codename') or release.get('Suite')!r}, not {suite!r}")

@@ -306,8 +306,9 @@ def bench_loader(wheel_dir: Path, work: Path, calls: int) -> list[Figure]:
 
 def bench_discover(runs: int) -> list[Figure]:
     """kernels.discover over the default suites and both arches: signed indexes fetched and parsed."""
+    from hids_bytecode.arches import ARCHES
+
     from .discover import DEFAULT_SUITES, discover
-    from .kernels import ARCHES
 
     times, found = [], 0
     for run in range(runs):

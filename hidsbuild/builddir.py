@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hids_bytecode.arches import ARCHES
+
 from .errors import BundleError
-from .kernels import ARCHES
 
 __all__ = ["BuildDir", "Bundle", "join", "read_build_dir"]
 

@@ -21,19 +21,29 @@ from pathlib import Path
 import yaml
 from debian.deb822 import Packages
 from debian.debian_support import Version
+from hids_bytecode.arches import ARCHES
 
-from .apt import Mirrors, host_mirrors
-from .archive_index import KEYRINGS, packages_index, packages_paragraphs, verified_release
+from .archive_index import packages_index, packages_paragraphs, verified_release
+from .distros.debian import (
+    ARCHIVE,
+    DEBIAN,
+    DEFAULT_SUITES,
+    PATCH_LEVEL,
+    Mirrors,
+    common_headers,
+    flavour_name,
+    host_mirrors,
+    release_parts,
+    signed_image,
+    unsigned_image,
+)
 from .errors import ConfigError
-from .kernels import ARCHES, Toolchain, load_matrix, release_parts
+from .kernels import Toolchain, load_matrix
 
 __all__ = ["DEFAULT_SUITES", "Served", "WriteReport", "discover", "kernels_in", "newest", "render_yaml",
            "write_matrix", "served_toolchain", "write_toolchain_pins"]
 
-DEFAULT_SUITES = ("bullseye", "bullseye-security", "bookworm", "bookworm-security", "bookworm-backports",
-                  "trixie", "trixie-security", "sid")
-_DEB_TO_UNAME = {deb: uname for uname, (deb, _) in ARCHES.items()}
-_PATCH_LEVEL = re.compile(r"\d+\.\d+\.\d+[0-9a-z.+-]*")
+_DEB_TO_UNAME = {a.debian: a.uname for a in ARCHES.values()}
 _WORKERS = 8
 
 
@@ -46,22 +56,18 @@ class Served:
     image: str | None = None  # set only when the default linux-image-<release>-unsigned is not served
 
 
-def _flavour_name(flavour: str, deb_arch: str) -> str:
-    return f"{flavour}-{deb_arch}" if flavour else deb_arch
-
-
 def _real_release(paragraph: Packages) -> str | None:
     parts = release_parts(paragraph["Package"].removeprefix("linux-headers-"))
-    if parts is None or not _PATCH_LEVEL.fullmatch(parts[0]):
+    if parts is None or not PATCH_LEVEL.fullmatch(parts[0]):
         return None
-    common = f"linux-headers-{parts[0]}-common"  # -common-rt for the rt flavour
+    common = common_headers(parts[0])  # -common-rt for the rt flavour
     depends = (alt["name"] for group in paragraph.relations["depends"] or () for alt in group)
     return paragraph["Package"].removeprefix("linux-headers-") if any(d.startswith(common) for d in depends) else None
 
 
 def kernels_in(index: bytes, suite: str, deb_arch: str, flavour: str = "cloud") -> list[Served]:
     """The newest version of every real kernel release of one flavour in one Packages index."""
-    want = _flavour_name(flavour, deb_arch)
+    want = flavour_name(flavour, deb_arch)
     best: dict[str, Version] = {}
     images: set[str] = set()
     for paragraph in packages_paragraphs(index, ("linux-headers-", "linux-image-")):
@@ -78,17 +84,18 @@ def kernels_in(index: bytes, suite: str, deb_arch: str, flavour: str = "cloud") 
     served = []
     for release, version in best.items():
         image = None
-        if f"linux-image-{release}-unsigned" not in images and f"linux-image-{release}" in images:
-            image = f"linux-image-{release}"
+        if unsigned_image(release) not in images and signed_image(release) in images:
+            image = signed_image(release)
         served.append(Served(suite, _DEB_TO_UNAME[deb_arch], release, str(version), image))
     return sorted(served)
 
 
 def discover(suites: Iterable[str], arches: Iterable[str], flavour: str = "cloud", mirrors: Mirrors | None = None,
-             keyrings: tuple[Path, ...] = KEYRINGS) -> list[Served]:
+             keyrings: tuple[Path, ...] | None = None) -> list[Served]:
     """Every real kernel (suite, arch, release, newest version) the archive serves, suites fetched concurrently."""
     mirrors = mirrors or host_mirrors()
-    suites, deb_arches = list(dict.fromkeys(suites)), [ARCHES[a][0] for a in dict.fromkeys(arches)]
+    keyrings = ARCHIVE.keyrings() if keyrings is None else keyrings
+    suites, deb_arches = list(dict.fromkeys(suites)), [ARCHES[a].debian for a in dict.fromkeys(arches)]
     with ThreadPoolExecutor(max_workers=min(_WORKERS, len(suites) * len(deb_arches)) or 1) as pool:
         releases = list(pool.map(lambda s: verified_release(mirrors.for_suite(s), s, keyrings), suites))
         jobs = [(release, a) for release in releases for a in deb_arches]
@@ -163,7 +170,7 @@ def write_matrix(path: Path, served: list[Served], candidates: list[Served], sui
 
     for kernel, item, node in zip(matrix.kernels, items, seq.value, strict=True):
         if kernel.suite not in scope_suites or kernel.arch not in scope_arches or \
-                kernel.flavour != _flavour_name(flavour, kernel.deb_arch):
+                kernel.distro != DEBIAN.name or kernel.flavour != flavour_name(flavour, kernel.deb_arch):
             continue
         now = by_key.get((kernel.suite, kernel.arch, kernel.release))
         if now is not None:
@@ -235,10 +242,11 @@ def _replace_checked(path: Path, text: str) -> None:
 
 
 def served_toolchain(tc: Toolchain, deb_arch: str, mirrors: Mirrors | None = None,
-                     keyrings: tuple[Path, ...] = KEYRINGS) -> dict[str, str]:
+                     keyrings: tuple[Path, ...] | None = None) -> dict[str, str]:
     """package -> the newest version the toolchain's suite serves for deb_arch, for every pinned
     package (absent when the suite serves it no more)."""
     mirrors = mirrors or host_mirrors()
+    keyrings = ARCHIVE.keyrings() if keyrings is None else keyrings
     release = verified_release(mirrors.for_suite(tc.suite), tc.suite, keyrings)
     names = {name for name, _ in tc.packages}
     served: dict[str, str] = {}

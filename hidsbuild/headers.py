@@ -1,13 +1,16 @@
-"""Kernel headers: the real Debian packages, fetched with apt and cached extracted on disk.
+"""Kernel headers: a distro's real packages fetched with apt, or a user's own trees, cached on disk.
 
-The cache is keyed by package, version and architecture; an entry appears only once fully
-extracted and recorded file by file (extract into a temporary directory, record, then rename),
-and every tree is checked against that record before a compile mounts it, so neither an
-interrupted fetch nor a later edit leaves a tree a build would trust.
+An archive kernel's cache entries are keyed by package, version and architecture; a local
+kernel's (distros.local) by release, arch and a fingerprint of the user's directory. An entry
+appears only once fully extracted and recorded file by file (extract into a temporary directory,
+record, then rename), and every tree is checked against that record before a compile mounts it,
+so neither an interrupted fetch nor a later edit leaves a tree a build would trust. How a
+kernel's trees are laid out is its distro module's answer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from .apt import PackageRef, PrivateApt, fetch_all
 from .artifacts import read_checked, record_tree, tree_intact, write_checked
+from .distros import local
 from .errors import HeadersUnavailable
 from .kernels import Kernel
 from .owners import make_scratch, reap_scratch
@@ -32,11 +36,9 @@ class KernelHeaders:
     packages: tuple[Path, ...]  # extracted package roots, in kernels.yaml order
     common: str  # tree paths relative to the package roots' common mount point
     flavour: str
-
-    @property
-    def identity(self) -> str:
-        """What a compile depends on: the exact header package versions."""
-        return ",".join(f"{p}={self.kernel.version}" for p in self.kernel.headers)
+    # What a compile depends on: the exact header package versions of an archive kernel, the
+    # sha256 of the recorded tree (every file's hash) of a local one.
+    identity: str
 
     def kernel_config(self) -> dict[str, str] | None:
         """The options set in the flavour tree's .config (the kernel's own build configuration),
@@ -52,21 +54,47 @@ class KernelHeaders:
 class HeadersCache:
     def __init__(self, root: Path, apt: PrivateApt | None) -> None:
         self.root = root
-        self.apt = apt
+        self.apt = apt  # archive access for archive kernels; local kernels need none
+        self._local_entries: dict[Kernel, Path] = {}
 
     def _entry(self, ref: PackageRef) -> Path:
         return self.root / f"{ref.name}_{ref.version}_{ref.deb_arch}"
 
+    def _local_entry(self, kernel: Kernel) -> Path:
+        """A local kernel's entry, named by the fingerprint of the user's directory (read once per
+        instance): an edited directory is a new entry, never a stale one."""
+        if kernel not in self._local_entries:
+            mark = local.fingerprint(Path(kernel.headers[0]))[:16]
+            self._local_entries[kernel] = self.root / f"local_{kernel.release}_{kernel.arch}_{mark}"
+        return self._local_entries[kernel]
+
+    def _roots(self, kernel: Kernel) -> list[Path]:
+        if kernel.packaging.archive is None:
+            return [self._local_entry(kernel)]
+        return [self._entry(ref) for ref in self.refs(kernel)]
+
     def refs(self, kernel: Kernel) -> list[PackageRef]:
-        # The -common package is arch: all; apt still resolves it under the kernel's arch.
+        """The kernel's header packages (none for a local kernel)."""
+        if kernel.packaging.archive is None:
+            return []
+        # Debian's -common package is arch: all; apt still resolves it under the kernel's arch.
         return [PackageRef(name, kernel.version, kernel.suite, kernel.deb_arch) for name in kernel.headers]
 
     def _deb_record(self, ref: PackageRef) -> Path:
         return self.root / f"{ref.name}_{ref.version}_{ref.deb_arch}.deb.json"
 
+    def _local_record(self, kernel: Kernel) -> Path:
+        entry = self._local_entry(kernel)
+        return entry.with_name(entry.name + ".local.json")
+
     def packages(self, kernel: Kernel) -> list[dict[str, object]]:
         """The kernel's header packages as fetched: name, version, arch, and the size and sha256
-        that apt's signed index gave and the download was checked against (for provenance)."""
+        that apt's signed index gave and the download was checked against (for provenance); for a
+        local kernel, the directory it came from and the sha256 of its recorded tree."""
+        if kernel.packaging.archive is None:
+            data = read_checked(self._local_record(kernel), f"local headers record {kernel.release}")
+            return [json.loads(data) if data else {"name": f"linux-headers-{kernel.release}", "version": kernel.version,
+                                                   "arch": kernel.deb_arch, "distro": kernel.distro, "sha256": None}]
         found = []
         for ref in self.refs(kernel):
             data = read_checked(self._deb_record(ref), f"package record {ref.name}")
@@ -74,27 +102,62 @@ class HeadersCache:
                                                          "arch": ref.deb_arch, "sha256": None})
         return found
 
-    def missing(self, kernel: Kernel) -> list[PackageRef]:
-        # A tree without the record of the package it came from cannot be accounted for in
-        # provenance: fetched again like a missing one.
-        return [ref for ref in self.refs(kernel) if not (self._entry(ref).is_dir() and self._deb_record(ref).is_file())]
+    def missing(self, kernel: Kernel) -> list[str]:
+        """What of the kernel's headers is not cached: package references, or its directory."""
+        # A tree without the record of what it came from cannot be accounted for in provenance:
+        # fetched again like a missing one.
+        if kernel.packaging.archive is None:
+            entry = self._local_entry(kernel)
+            return [] if entry.is_dir() and self._local_record(kernel).is_file() else [kernel.headers[0]]
+        return [str(ref) for ref in self.refs(kernel)
+                if not (self._entry(ref).is_dir() and self._deb_record(ref).is_file())]
 
     def check(self, kernels: list[Kernel]) -> None:
         """Hash every cached tree these kernels compile against; a tree that changed since it was
         extracted (cut, edited) is discarded so that `fetch` gets it again."""
-        for ref in dict.fromkeys(ref for k in kernels for ref in self.refs(k)):
-            tree_intact(self._entry(ref), f"headers {ref.name}={ref.version}")
+        for root in dict.fromkeys(root for k in kernels for root in self._roots(k)):
+            tree_intact(root, f"headers {root.name}")
 
     def fetch(self, kernels: list[Kernel]) -> None:
-        """Download every missing package of these kernels at once (concurrently, sha256-checked),
-        extract each, check it holds the trees a compile needs, and only then move it into the cache."""
-        missing = list(dict.fromkeys(ref for k in kernels for ref in self.missing(k)))
+        """Get every missing header tree of these kernels: archive packages downloaded at once
+        (concurrently, sha256-checked) and extracted, local trees copied in; each is checked to
+        hold the trees a compile needs, and only then moved into the cache."""
+        reap_scratch(self.root / ".scratch")
+        for kernel in kernels:
+            if kernel.packaging.archive is None and self.missing(kernel):
+                self._import_local(kernel)
+        self._fetch_packages([k for k in kernels if k.packaging.archive is not None])
+        for kernel in kernels:
+            self.describe(kernel)
+
+    def _import_local(self, kernel: Kernel) -> None:
+        entry = self._local_entry(kernel)
+        tmp = make_scratch(self.root / ".scratch", "local")
+        try:
+            staging = Path(tmp) / "tree"
+            local.stage(kernel, staging)
+            record_tree(staging, entry)
+            # The tree record holds every file's sha256: its own hash is the content's identity.
+            record = entry.with_name(entry.name + ".tree.json")
+            write_checked(self._local_record(kernel), json.dumps(
+                {"name": f"linux-headers-{kernel.release}", "version": kernel.version, "arch": kernel.deb_arch,
+                 "distro": kernel.distro, "source": kernel.headers[0],
+                 "sha256": hashlib.sha256(record.read_bytes()).hexdigest()}, sort_keys=True).encode())
+            try:
+                staging.rename(entry)
+            except OSError:  # another build sharing this cache got there first
+                shutil.rmtree(staging)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _fetch_packages(self, kernels: list[Kernel]) -> None:
+        missing = list(dict.fromkeys(ref for k in kernels for ref in self.refs(k)
+                                     if not (self._entry(ref).is_dir() and self._deb_record(ref).is_file())))
         if not missing:
             return
         if self.apt is None:
             raise HeadersUnavailable(f"headers of {', '.join(k.release for k in kernels)} are not cached "
                                      "and no archive access was given")
-        reap_scratch(self.root / ".scratch")
         tmp = make_scratch(self.root / ".scratch", "fetch")
         try:
             remotes = self.apt.locate(missing)
@@ -119,22 +182,20 @@ class HeadersCache:
                     shutil.rmtree(staging)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        for kernel in kernels:
-            self.describe(kernel)
 
     def describe(self, kernel: Kernel) -> KernelHeaders:
-        roots = tuple(self._entry(ref) for ref in self.refs(kernel))
-        common = flavour = None
-        for index, root in enumerate(roots):
-            for tree in sorted((root / "usr/src").glob("linux-headers-*")):
-                rel = f"{index}/usr/src/{tree.name}"
-                if tree.name == f"linux-headers-{kernel.release}":
-                    flavour = rel
-                elif tree.name.endswith("-common"):
-                    common = rel
-        if common is None or flavour is None:
+        roots = tuple(self._roots(kernel))
+        trees = kernel.packaging.header_trees(kernel, roots)
+        if trees is None:
             raise HeadersUnavailable(
-                f"{kernel.release}: packages {', '.join(kernel.headers)} hold no "
-                f"linux-headers-{kernel.release} and -common trees; check the headers list in kernels.yaml"
+                f"{kernel.release}: {', '.join(kernel.headers)} hold no linux-headers-{kernel.release} tree "
+                f"and its shared tree ({kernel.distro} layout); check the headers of that kernel in kernels.yaml"
             )
-        return KernelHeaders(kernel, roots, common, flavour)
+        if kernel.packaging.archive is None:
+            (record,) = self.packages(kernel)
+            if record["sha256"] is None:
+                raise HeadersUnavailable(f"{kernel.release}: the record of its local headers is gone; build again")
+            identity = f"tree:{record['sha256']}"
+        else:
+            identity = ",".join(f"{p}={kernel.version}" for p in kernel.headers)
+        return KernelHeaders(kernel, roots, *trees, identity)

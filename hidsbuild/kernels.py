@@ -16,24 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hids_bytecode.arches import ARCHES
 from packaging.version import InvalidVersion, Version
 
+from .distros import DEFAULT, DISTROS, Distro
+from .distros.debian import PACKAGE as _PACKAGE
+from .distros.debian import PACKAGE_WHAT as _PACKAGE_WHAT
+from .distros.debian import SUITE as _SUITE
+from .distros.debian import SUITE_WHAT as _SUITE_WHAT
+from .distros.debian import VERSION_SYNTAX as _VERSION_SYNTAX
 from .errors import ConfigError
 
-__all__ = ["ARCHES", "Toolchain", "Program", "Variant", "Kernel", "CoreTarget", "Matrix", "load_matrix",
-           "CFLAG_RULES", "release_parts"]
+__all__ = ["Toolchain", "Program", "Variant", "Kernel", "CoreTarget", "Matrix", "load_matrix", "CFLAG_RULES"]
 
-# uname -m -> (Debian architecture, kernel source tree arch)
-ARCHES = {"x86_64": ("amd64", "x86"), "aarch64": ("arm64", "arm64")}
 VARIANT_AXES = ("syscall_wrapper", "debug")
-# A release as uname -r prints it; lower case and no '~' because it is part of package names.
-_RELEASE = re.compile(r"(?P<abi>\d+\.\d+[0-9a-z.+-]*?)-(?P<flavour>(?:cloud-|rt-)?(?:amd64|arm64))")
-_DEBIAN_VERSION = re.compile(r"^(?:\d+:)?(?P<upstream>\d+\.\d+(?:\.\d+)?)[-~+]")
-# Debian policy 5.6.12: [epoch:]upstream[-revision]; upstream starts with a digit and holds a
-# hyphen only when a revision follows; the revision has no hyphen.
-_VERSION_SYNTAX = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~-]*[A-Za-z0-9.+~])?")
-_SUITE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
-_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _SOURCE = re.compile(r"(?![/-])[A-Za-z0-9_./+-]+")
 _PROGRAM = re.compile(r"[a-z][a-z0-9_]*")
 # Extra compiler flags may only define or undefine macros and tune warnings: nothing that names
@@ -93,23 +89,28 @@ class Kernel:
     headers: tuple[str, ...]
     image: str
     cflags: tuple[str, ...]
+    distro: str = DEFAULT  # a key of distros.DISTROS: where the packages come from and how they are laid out
+
+    @property
+    def packaging(self) -> Distro:
+        return DISTROS[self.distro]
 
     @property
     def deb_arch(self) -> str:
-        return ARCHES[self.arch][0]
+        return ARCHES[self.arch].debian
 
     @property
     def src_arch(self) -> str:
-        return ARCHES[self.arch][1]
+        return ARCHES[self.arch].src_arch
 
     @property
     def upstream(self) -> str:
         """Upstream kernel version, e.g. 6.1.176 for Debian's 6.1.176-1."""
-        return _DEBIAN_VERSION.match(self.version).group("upstream")  # type: ignore[union-attr]
+        return self.packaging.upstream(self)
 
     @property
     def flavour(self) -> str:
-        return _RELEASE.fullmatch(self.release).group("flavour")  # type: ignore[union-attr]
+        return self.packaging.flavour(self.release)
 
 
 @dataclass(frozen=True)
@@ -338,10 +339,6 @@ class _Reader:
                                 f"unknown key {_label(key)} (expected one of {', '.join(sorted(allowed))})")
 
 
-_SUITE_WHAT = "a Debian suite name (lower-case letters, digits, '.', '+', '-')"
-_PACKAGE_WHAT = "a Debian package name (lower-case letters, digits, '+', '.', '-')"
-
-
 def _pins(r: _Reader, tc: _Map, clang: int) -> tuple[tuple[str, str], ...]:
     """toolchain.packages: package -> exact Debian version; clang-N, llvm-N and bpftool at least."""
     node = r.get(tc, "packages", "toolchain", _Map, None)
@@ -400,28 +397,39 @@ def _cflags(r: _Reader, node: _Map, where: str) -> tuple[str, ...]:
     return flags
 
 
-def _kernel(r: _Reader, node: _Map, where: str) -> Kernel:
-    r.unknown_keys(node, {"release", "arch", "suite", "version", "headers", "image", "cflags"}, where)
+class _Fields:
+    """A kernel entry's keys, read strictly, for the distro module that owns them (distros.Fields)."""
+
+    def __init__(self, r: _Reader, node: _Map, where: str, root: Path) -> None:
+        self.r, self.node, self.where, self.root = r, node, where, root
+
+    def text(self, key: str, pattern: re.Pattern[str], what: str, default: Any = ...) -> Any:
+        return self.r.matching(self.node, key, self.where, pattern, what, default)
+
+    def names(self, key: str, pattern: re.Pattern[str], what: str, default: Any = ...) -> Any:
+        return _strings(self.r, self.node, key, self.where, pattern, what, default)
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return self.r.fail(self.node.key_lines.get(key, self.node.line), _join(self.where, key), message)
+
+    def show(self, value: Any) -> str:
+        return _show(value)
+
+
+def _kernel(r: _Reader, node: _Map, where: str, root: Path) -> Kernel:
+    distro_name = r.get(node, "distro", where, str, DEFAULT)
+    distro = DISTROS.get(distro_name)
+    if distro is None:
+        raise r.fail(node.key_lines["distro"], f"{where}.distro",
+                     f"unknown distro {_show(distro_name)} (expected one of {', '.join(DISTROS)})")
+    r.unknown_keys(node, {"distro", "release", "arch", "cflags", *distro.keys}, where)
     release = r.get(node, "release", where, str)
-    match = _RELEASE.fullmatch(release)
-    if not match:
-        raise r.fail(node.key_lines["release"], f"{where}.release",
-                     f"{_show(release)} is not a Debian kernel release as uname -r prints it (e.g. 6.1.0-50-cloud-amd64)")
     arch = r.get(node, "arch", where, str)
     if arch not in ARCHES:
         raise r.fail(node.key_lines["arch"], f"{where}.arch", f"unknown arch {_show(arch)} (expected one of {', '.join(ARCHES)})")
-    flavour_arch = match.group("flavour").rsplit("-", 1)[-1]
-    if flavour_arch != ARCHES[arch][0]:
-        raise r.fail(node.key_lines["arch"], f"{where}.arch", f"{arch} does not match the release's {flavour_arch} flavour")
-    suite = r.matching(node, "suite", where, _SUITE, _SUITE_WHAT)
-    version = r.matching(node, "version", where, _VERSION_SYNTAX, "a Debian version ([epoch:]upstream[-revision])")
-    if not _DEBIAN_VERSION.match(version):
-        raise r.fail(node.key_lines["version"], f"{where}.version", f"{_show(version)} is not a Debian kernel package version (e.g. 6.1.176-1)")
-    abi = match.group("abi")
-    headers = _strings(r, node, "headers", where, _PACKAGE, _PACKAGE_WHAT,
-                       (f"linux-headers-{release}", f"linux-headers-{abi}-common"))
-    image = r.matching(node, "image", where, _PACKAGE, _PACKAGE_WHAT, f"linux-image-{release}-unsigned")
-    return Kernel(release, arch, suite, version, headers, image, _cflags(r, node, where))
+    source = distro.parse(_Fields(r, node, where, root), release, ARCHES[arch])
+    return Kernel(release, arch, source.suite, source.version, source.headers, source.image,
+                  _cflags(r, node, where), distro.name)
 
 
 def _program(r: _Reader, root: Path, name: str, pnode: _Map, where: str,
@@ -479,7 +487,7 @@ def load_matrix(path: str | Path) -> Matrix:
     kernels: dict[tuple[str, str], Kernel] = {}
     for i, knode in enumerate(kseq):
         where = f"kernels[{i}]"
-        kernel = _kernel(r, r.mapping(knode, kseq.item_lines[i], where), where)
+        kernel = _kernel(r, r.mapping(knode, kseq.item_lines[i], where), where, root)
         if (kernel.release, kernel.arch) in kernels:
             raise r.fail(kseq.item_lines[i], f"{where}.release", f"duplicate kernel {kernel.release} ({kernel.arch})")
         kernels[(kernel.release, kernel.arch)] = kernel
@@ -498,12 +506,6 @@ def load_matrix(path: str | Path) -> Matrix:
                 raise r.fail(cnode.key_lines["btf_from"], f"{where}.btf_from", f"{_show(release)} is not a {arch} kernel of this matrix")
             core.append(CoreTarget(arch, kernels[(release, arch)]))
     return Matrix(path, toolchain, tuple(programs), tuple(kernels.values()), tuple(core))
-
-
-def release_parts(release: str) -> tuple[str, str] | None:
-    """(abi, flavour) of a kernel release as uname -r prints it, e.g. ('6.1.0-50', 'cloud-amd64')."""
-    match = _RELEASE.fullmatch(release)
-    return (match.group("abi"), match.group("flavour")) if match else None
 
 
 def parse_version(text: str) -> Version:

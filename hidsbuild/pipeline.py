@@ -132,7 +132,7 @@ def _index_entry(outcome: Outcome, matrix: Matrix, stitched: Stitched) -> dict[s
     assert obj is not None
     if unit.kernel is not None:
         k = unit.kernel
-        kernel: dict[str, Any] = {"release": k.release, "version": k.upstream, "arch": k.arch, "distro": "debian",
+        kernel: dict[str, Any] = {"release": k.release, "version": k.upstream, "arch": k.arch, "distro": k.distro,
                                   "flavour": k.flavour, "package_version": k.version, "suite": k.suite}
     else:
         btf_from = next(c.btf_from for c in matrix.core if c.arch == unit.arch)
@@ -264,7 +264,9 @@ def _prepare_inputs(client: Any, image: ToolchainImage, matrix: Matrix, opts: Bu
     need = [k for k in wanted if planner.headers.missing(k)]
     if need:
         with step(f"fetch kernel headers for {len(need)} kernel(s)"):
-            apt = PrivateApt(opts.cache_dir / "apt", [k.suite for k in need], [k.deb_arch for k in need])
+            served = [k for k in need if k.packaging.archive is not None]  # local kernels need no archive
+            apt = PrivateApt(opts.cache_dir / "apt", [k.suite for k in served], [k.deb_arch for k in served]) \
+                if served else None
             HeadersCache(opts.cache_dir / "headers", apt).fetch(need)
             for kernel in need:
                 console.print(f"  {kernel.release}: {', '.join(kernel.headers)} {kernel.version}", soft_wrap=True)

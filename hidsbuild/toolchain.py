@@ -21,11 +21,12 @@ from pathlib import Path
 
 import docker
 import docker.errors
+from hids_bytecode.arches import ARCHES
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from . import containers
-from .apt import host_mirrors
 from .artifacts import read_checked, write_checked
+from .distros.debian import host_mirrors
 from .errors import ToolchainError
 from .kernels import Toolchain
 from .owners import make_scratch
@@ -37,7 +38,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _COMPILE_SCRIPT = "compile_unit.sh"
 log = logging.getLogger("hidsbuild")
 # The image is built for, and runs on, the build host's own architecture.
-_HOST_DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]
+_HOST_DEB_ARCH = ARCHES[platform.machine()].debian
 
 
 @dataclass(frozen=True)

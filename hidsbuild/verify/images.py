@@ -13,28 +13,28 @@ a small one without dependencies, decompressed, so finit_module(2) loads it as i
 from __future__ import annotations
 
 import lzma
-import re
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from hids_bytecode.arches import ARCHES
+
 from ..apt import PackageRef, PrivateApt
 from ..artifacts import read_checked, write_checked
+from ..distros.debian import image_parts
 from ..errors import HeadersUnavailable
 from ..kernels import Kernel
 
 __all__ = ["KernelImage", "image_refs", "fetch_image", "REQUIRED_BUILTINS"]
 
 # What the guest needs before any module could be loaded: the initramfs carries no modules, so each
-# must be built in (=y). Debian's cloud kernels have them all; a kernel that does not is reported.
-REQUIRED_BUILTINS = {
-    "common": ("CONFIG_BLK_DEV_INITRD", "CONFIG_RD_GZIP", "CONFIG_DEVTMPFS", "CONFIG_PROC_FS", "CONFIG_SYSFS",
-               "CONFIG_BPF_SYSCALL", "CONFIG_BPF_EVENTS", "CONFIG_FTRACE_SYSCALLS", "CONFIG_INET", "CONFIG_MAGIC_SYSRQ"),
-    "x86_64": ("CONFIG_SERIAL_8250_CONSOLE",),
-    "aarch64": ("CONFIG_SERIAL_AMBA_PL011_CONSOLE",),
-}
+# must be built in (=y), with its arch's serial console (arches.Arch.console_config). Debian's cloud
+# kernels have them all; a kernel that does not is reported.
+REQUIRED_BUILTINS = ("CONFIG_BLK_DEV_INITRD", "CONFIG_RD_GZIP", "CONFIG_DEVTMPFS", "CONFIG_PROC_FS", "CONFIG_SYSFS",
+                     "CONFIG_BPF_SYSCALL", "CONFIG_BPF_EVENTS", "CONFIG_FTRACE_SYSCALLS", "CONFIG_INET",
+                     "CONFIG_MAGIC_SYSRQ")
 
 
 # Tried first, in order: tiny modules whose init only registers a table or an algorithm.
@@ -51,18 +51,15 @@ class KernelImage:
     def missing_builtins(self, arch: str) -> list[str]:
         """Options the guest needs that this kernel has as a module or not at all."""
         values = dict(line.split("=", 1) for line in self.config.read_text().splitlines() if line.startswith("CONFIG_"))
-        wanted = REQUIRED_BUILTINS["common"] + REQUIRED_BUILTINS[arch]
+        wanted = (*REQUIRED_BUILTINS, ARCHES[arch].console_config)
         return [f"{o}={values.get(o, 'unset')}" for o in wanted if values.get(o) != "y"]
 
 
 def image_refs(kernel: Kernel) -> list[PackageRef]:
-    """The image packages to try, in order: the one kernels.yaml names (by default -unsigned, the
-    bare kernel) and, for that default, the signed package of the same build: some -unsigned pool
-    files 404 while the signed one of the same version is served, and both boot the same kernel."""
-    names = [kernel.image]
-    if kernel.image == f"linux-image-{kernel.release}-unsigned":
-        names.append(f"linux-image-{kernel.release}")
-    return [PackageRef(name, kernel.version, kernel.suite, kernel.deb_arch) for name in names]
+    """The image packages to try, in order, as the kernel's distro names them (for Debian: the one
+    kernels.yaml names, by default -unsigned, then the signed package of the same build)."""
+    return [PackageRef(name, kernel.version, kernel.suite, kernel.deb_arch)
+            for name in kernel.packaging.image_packages(kernel)]
 
 
 _FILES = {"vmlinuz": ("boot/vmlinuz-*", "usr/lib/modules/*/vmlinuz"),
@@ -76,9 +73,8 @@ def _find(tree: Path, kind: str) -> Path | None:
 def _split_parts(deb: Path, kernel: Kernel) -> list[PackageRef]:
     """The same-version linux-binary/-base/-modules packages of this release the image depends on."""
     proc = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True)
-    names = re.findall(rf"(linux-(?:binary|base|modules)-{re.escape(kernel.release)})\s*\(=\s*{re.escape(kernel.version)}\)",
-                       proc.stdout)
-    return [PackageRef(name, kernel.version, kernel.suite, kernel.deb_arch) for name in sorted(set(names))]
+    return [PackageRef(name, kernel.version, kernel.suite, kernel.deb_arch)
+            for name in image_parts(kernel.release, kernel.version, proc.stdout)]
 
 
 def _unpack(deb: Path, tree: Path) -> None:
@@ -128,8 +124,11 @@ def _pick_module(tree: Path) -> tuple[str, bytes] | None:
 def fetch_image(apt: PrivateApt, kernel: Kernel, cache: Path) -> KernelImage:
     """The kernel's vmlinuz and config, downloaded and extracted on first use; raises
     HeadersUnavailable (the archive serves none of its image packages) with the packages named."""
+    refs = image_refs(kernel)
+    if not refs:
+        raise HeadersUnavailable(f"{kernel.release}: no archive serves an image of this {kernel.distro} kernel to boot")
     problems = []
-    for ref in image_refs(kernel):
+    for ref in refs:
         try:
             return _fetch(apt, kernel, ref, cache)
         except HeadersUnavailable as exc:

@@ -17,11 +17,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from hids_bytecode.arches import ARCHES
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from ..apt import host_mirrors
+from ..distros.debian import host_mirrors
 from ..errors import VerifyFailed
-from ..kernels import ARCHES
 
 __all__ = ["GUEST_SUITE", "GUEST_PACKAGES", "base_archive", "payload_archive", "initramfs"]
 
@@ -36,7 +36,6 @@ GUEST_SITE = "/opt/hids/site"
 _PRUNE = ("var/lib/apt/lists", "var/cache/apt", "debootstrap", "usr/share/doc", "usr/share/man",
           "usr/share/locale", "usr/share/info", "usr/share/zoneinfo", "usr/share/i18n", "usr/share/perl5",
           "usr/lib/{triplet}/perl-base", "usr/lib/{triplet}/gconv", "usr/lib/python3.11/pydoc_data")
-_TRIPLETS = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
 
 
 def _run(cmd: list[str], what: str, **kwargs: object) -> None:
@@ -75,7 +74,7 @@ def base_archive(arch: str, cache: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hids-guest-", dir=dest.parent) as tmp:
         root = Path(tmp) / "root"
-        _run(["debootstrap", "--foreign", "--variant=minbase", f"--arch={ARCHES[arch][0]}",
+        _run(["debootstrap", "--foreign", "--variant=minbase", f"--arch={ARCHES[arch].debian}",
               f"--include={','.join(GUEST_PACKAGES)}", GUEST_SUITE, str(root), host_mirrors().debian],
              f"debootstrap {GUEST_SUITE} ({arch})")
         for deb in sorted((root / "var/cache/apt/archives").glob("*.deb")):
@@ -83,7 +82,7 @@ def base_archive(arch: str, cache: Path) -> Path:
             _run(["sh", "-c", f"dpkg-deb --fsys-tarfile '{deb}' | tar -x --keep-directory-symlink -C '{root}'"],
                  f"unpacking {deb.name}")
         for rel in _PRUNE:
-            shutil.rmtree(root / rel.format(triplet=_TRIPLETS[arch]), ignore_errors=True)
+            shutil.rmtree(root / rel.format(triplet=ARCHES[arch].cross_triplet), ignore_errors=True)
         for mountpoint in ("proc", "sys", "dev", "run", "tmp"):
             # debootstrap links proc to the host's /proc when it guesses it runs in a container.
             if (root / mountpoint).is_symlink():

@@ -13,17 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hids_bytecode.arches import ARCHES
+
 __all__ = ["BEGIN", "END", "Boot", "boot", "qemu_command", "stop_all"]
 
 # The same markers as guest_check.py prints (it runs in the guest and cannot import this module).
 BEGIN, END = "===HIDS-VERIFY-BEGIN===", "===HIDS-VERIFY-END==="
 _APPEND = "console={console} rdinit=/init panic=-1 quiet"
 _CRASH_MARKS = ("Oops:", "Kernel panic", "BUG:", "Unable to handle kernel")
-# Machine and console per arch: arm64's virt board has a PL011 UART, not an 8250.
-_MACHINES = {
-    "x86_64": (["qemu-system-x86_64", "-M", "q35", "-cpu", "max"], "ttyS0"),
-    "aarch64": (["qemu-system-aarch64", "-M", "virt", "-cpu", "max"], "ttyAMA0"),
-}
 # One vCPU: with two, bookworm's qemu 7.2 TCG intermittently breaks the IRET-to-self of an IPI'd
 # do_sync_core and 6.12.95+deb12 oopses at boot (general protection fault); with one it always boots.
 _CPUS = 1
@@ -56,9 +53,9 @@ class Boot:
 
 
 def qemu_command(arch: str, vmlinuz: Path, initrd: Path, memory_mb: int = 1024, cpus: int = _CPUS) -> list[str]:
-    machine, console = _MACHINES[arch]
-    return [*machine, "-accel", "tcg", "-smp", str(cpus), "-m", str(memory_mb), "-kernel", str(vmlinuz),
-            "-initrd", str(initrd), "-append", _APPEND.format(console=console), "-nographic", "-no-reboot",
+    row = ARCHES[arch]  # emulator, machine, cpu and console
+    return [row.qemu, "-M", row.qemu_machine, "-cpu", row.qemu_cpu, "-accel", "tcg", "-smp", str(cpus),
+            "-m", str(memory_mb), "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", _APPEND.format(console=row.console), "-nographic", "-no-reboot",
             "-nodefaults", "-serial", "stdio", "-monitor", "none"]
 
 

@@ -23,6 +23,7 @@ class Arch:
     wrapper_since: tuple[int, int]  # first kernel (major, minor) entering syscalls through the wrappers
     qemu: str  # system emulator binary
     qemu_machine: str  # its -M machine
+    qemu_cpu: str  # its -cpu model (TCG)
     console: str  # the serial console device the guest kernel writes to
     console_config: str  # the built-in (=y) kernel option that console needs from the first line
     cross_triplet: str  # GNU triplet: multiarch library dir, cross toolchain prefix
@@ -30,9 +31,9 @@ class Arch:
 
 ARCHES: dict[str, Arch] = {a.uname: a for a in (
     Arch("x86_64", "amd64", "x86_64-linux-gnu", "x86", "x86", "__x64_sys_", (4, 17),
-         "qemu-system-x86_64", "q35", "ttyS0", "CONFIG_SERIAL_8250_CONSOLE", "x86_64-linux-gnu"),
+         "qemu-system-x86_64", "q35", "max", "ttyS0", "CONFIG_SERIAL_8250_CONSOLE", "x86_64-linux-gnu"),
     # arm64's virt board has a PL011 UART, not an 8250.
     Arch("aarch64", "arm64", "aarch64-linux-gnu", "arm64", "arm64", "__arm64_sys_", (4, 19),
-         "qemu-system-aarch64", "virt", "ttyAMA0", "CONFIG_SERIAL_AMBA_PL011_CONSOLE", "aarch64-linux-gnu"),
+         "qemu-system-aarch64", "virt", "max", "ttyAMA0", "CONFIG_SERIAL_AMBA_PL011_CONSOLE", "aarch64-linux-gnu"),
 )}
 
