@@ -19,21 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import interrupts
-from . import libbpf as lb
-from .attach import ProgramReport, load_object, set_agent_tgid
-from .bpftool_backend import load_with_bpftool
 from .errors import AlreadyLoaded, InvalidArgument, LoadError
 from .hostinfo import HostFacts, gather
-from .integrity import read_verified
 from .manifest import Manifest, load_manifest
-from .mounts import ensure_bpf_filesystems
-from .pins import check_name, locked_tree
-from .runtime_compile import compile_object
 from .selection import Choice, select
 from .trust import TrustPolicy
 
-if TYPE_CHECKING:  # eventstream.py is imported when used: `select` starts without it
+# What loads, attaches and streams (libbpf, ctypes, the pin tree, the compilers) is imported
+# where it is used: `select` starts without it (docs/THREAT_MODEL.md, "Start-up").
+if TYPE_CHECKING:
+    from .attach import ProgramReport
     from .eventstream import Stream
 
 __all__ = ["Options", "LoadResult", "choose", "object_for", "load", "unload", "watch", "stream", "host_facts"]
@@ -80,7 +75,9 @@ def choose(program: str, facts: HostFacts | None = None, options: Options = Opti
 def object_for(choice: Choice, facts: HostFacts) -> tuple[bytes, Path]:
     """The chosen object's bytes (hash-checked against the manifest) and where they came from."""
     if choice.runtime is not None:
+        from .runtime_compile import compile_object
         return compile_object(choice.runtime, choice.entry, facts)
+    from .integrity import read_verified
     return read_verified(choice.entry.object_path, choice.entry.sha256), choice.entry.object_path
 
 
@@ -103,6 +100,9 @@ def load(program: str, options: Options = Options(), facts: HostFacts | None = N
 
     `config` gets `agent_pid` (an agent that will read the pins and must clear it when it stops,
     docs/PINS.md) or 0: never this process's pid, which dies and can be reused."""
+    from . import interrupts
+    from .mounts import ensure_bpf_filesystems
+    from .pins import check_name, locked_tree
     check_name(program)
     tgid = 0 if agent_pid is None else check_agent_pid(agent_pid)
     facts = facts or host_facts(options)
@@ -126,7 +126,10 @@ def load(program: str, options: Options = Options(), facts: HostFacts | None = N
 
 
 def _load_into(staging: Path, data: bytes, choice: Choice, options: Options, tgid: int) -> list[ProgramReport]:
+    from . import libbpf as lb
+    from .attach import load_object, set_agent_tgid
     if options.backend == "bpftool":
+        from .bpftool_backend import load_with_bpftool
         reports = load_with_bpftool(data, staging)
         config = staging / "maps" / "config"
         if tgid and config.exists():
@@ -147,6 +150,8 @@ def _load_into(staging: Path, data: bytes, choice: Choice, options: Options, tgi
 
 def unload(program: str) -> list[Path]:
     """Remove `program`'s pins (which detaches it once no process holds it); the removed paths."""
+    from . import interrupts
+    from .pins import check_name, locked_tree
     check_name(program)
     with locked_tree(create=False) as tree, interrupts.deferred():
         return tree.unload(program)
@@ -157,6 +162,7 @@ def watch(program: str, options: Options = Options(), facts: HostFacts | None = 
 
     This process becomes the ring's one consumer (Busy names the pid of another) and its tgid is
     the filter's while it reads; closing the iterator clears it."""
+    from .pins import check_name
     check_name(program)
     with stream([program], "raw", options, facts) as events:
         yield from events

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import api, interrupts
+from . import api
 from .errors import EXIT_CODES, HidsError, IntegrityError, InvalidArgument, NotPermitted
 from .hostinfo import SUPPORTED_ARCHES, what_if
 from .integrity import provenance_problems, verify_manifest
@@ -42,7 +42,9 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
                         "relocates against it (btf_custom_path)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `only`, just that command's parser (argv names it: a cold start
+    builds only what it parses)."""
     parser = argparse.ArgumentParser(prog="hids-bytecode", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="store_true", help="print the manifest's version and source hash")
     parser.add_argument("--trusted-keys", metavar="DIR", type=_abs_path,
@@ -53,87 +55,96 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse to run when no trusted key is configured, too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("select", help="show which object each program would get on this host",
-                       description="Read the host facts and pick, per program, the exact build for this kernel, "
-                                   "else the CO-RE build (host BTF needed), else a runtime compile (opt-in).")
-    p.add_argument("programs", nargs="*", help="programs to select (default: all in the manifest)")
-    p.add_argument("--explain", action="store_true",
-                   help="print the facts with their sources and why each candidate was taken or skipped "
-                        "(exact builds for other kernels: one line per release)")
-    p.add_argument("-v", "--detail", action="store_true", help="with --explain: one line per candidate")
-    p.add_argument("--kernel", metavar="RELEASE",
-                   help="what-if: the choice for a host running this `uname -r` instead of this host (a "
-                        "pre-upgrade check); facts a kernel cannot be asked are derived from its version and "
-                        "shown as such")
-    p.add_argument("--arch", choices=SUPPORTED_ARCHES, help="with --kernel: that host's `uname -m`")
-    p.add_argument("--version-signature", metavar="TEXT",
-                   help="with --kernel: that host's /proc/version_signature (Ubuntu), which names the upstream "
-                        "version")
-    _selection_flags(p)
+    if only in (None, "select"):
+        p = sub.add_parser("select", help="show which object each program would get on this host",
+                           description="Read the host facts and pick, per program, the exact build for this kernel, "
+                                       "else the CO-RE build (host BTF needed), else a runtime compile (opt-in).")
+        p.add_argument("programs", nargs="*", help="programs to select (default: all in the manifest)")
+        p.add_argument("--explain", action="store_true",
+                       help="print the facts with their sources and why each candidate was taken or skipped "
+                            "(exact builds for other kernels: one line per release)")
+        p.add_argument("-v", "--detail", action="store_true", help="with --explain: one line per candidate")
+        p.add_argument("--kernel", metavar="RELEASE",
+                       help="what-if: the choice for a host running this `uname -r` instead of this host (a "
+                            "pre-upgrade check); facts a kernel cannot be asked are derived from its version and "
+                            "shown as such")
+        p.add_argument("--arch", choices=SUPPORTED_ARCHES, help="with --kernel: that host's `uname -m`")
+        p.add_argument("--version-signature", metavar="TEXT",
+                       help="with --kernel: that host's /proc/version_signature (Ubuntu), which names the upstream "
+                            "version")
+        _selection_flags(p)
 
-    p = sub.add_parser("load", help="load, attach and pin programs under /sys/fs/bpf/hids/<program>/",
-                       description="Select and hash-check each program's object, load it, write the agent's pid "
-                                   "(--agent-pid, else 0: filter nothing) into `config`, attach (kprobe family "
-                                   "first, then tracepoints) and pin maps, programs and links so they stay after "
-                                   "this command exits. All or nothing per program; a second load of a loaded "
-                                   "program is refused before any bpf() call (docs/PINS.md).")
-    p.add_argument("programs", nargs="*", help="programs to load (default: all in the manifest)")
-    p.add_argument("--agent-pid", type=_pid, metavar="PID",
-                   help="the long-lived agent that will read the pins: the kernel drops its own events. "
-                        "It must clear config (write 0) when it stops (docs/PINS.md)")
-    p.add_argument("--backend", choices=("libbpf", "bpftool"), default="libbpf",
-                   help="libbpf via ctypes (default), or `bpftool prog loadall` "
-                        "(attaches only if bpftool has autoattach)")
-    _selection_flags(p)
+    if only in (None, "load"):
+        p = sub.add_parser("load", help="load, attach and pin programs under /sys/fs/bpf/hids/<program>/",
+                           description="Select and hash-check each program's object, load it, write the agent's pid "
+                                       "(--agent-pid, else 0: filter nothing) into `config`, attach (kprobe family "
+                                       "first, then tracepoints) and pin maps, programs and links so they stay after "
+                                       "this command exits. All or nothing per program; a second load of a loaded "
+                                       "program is refused before any bpf() call (docs/PINS.md).")
+        p.add_argument("programs", nargs="*", help="programs to load (default: all in the manifest)")
+        p.add_argument("--agent-pid", type=_pid, metavar="PID",
+                       help="the long-lived agent that will read the pins: the kernel drops its own events. "
+                            "It must clear config (write 0) when it stops (docs/PINS.md)")
+        p.add_argument("--backend", choices=("libbpf", "bpftool"), default="libbpf",
+                       help="libbpf via ctypes (default), or `bpftool prog loadall` "
+                            "(attaches only if bpftool has autoattach)")
+        _selection_flags(p)
 
-    p = sub.add_parser("unload", help="remove the pins of loaded programs (detaches them)",
-                       description="Remove /sys/fs/bpf/hids/<program>/; the kernel frees what no process still holds.")
-    p.add_argument("programs", nargs="*", help="programs to unload (default: all in the manifest)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    if only in (None, "unload"):
+        p = sub.add_parser("unload", help="remove the pins of loaded programs (detaches them)",
+                           description="Remove /sys/fs/bpf/hids/<program>/; the kernel frees what no process "
+                                       "still holds.")
+        p.add_argument("programs", nargs="*", help="programs to unload (default: all in the manifest)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("watch", help="print events of one, several or all programs as JSON lines until interrupted",
-                       description="Decode events from each program's `events` map (ring or perf buffer) using the "
-                                   "object's BTF, all programs in one process. Uses the pinned maps of loaded "
-                                   "programs (this process then holds each one's consumer lock: a second watch of "
-                                   "any of them is refused, naming this one's pid), else loads and attaches them "
-                                   "for as long as the command runs; the kernel drops this process's own events. "
-                                   "Events are merged in kernel-timestamp order within --window-ms; each carries "
-                                   "its wall-clock time, host, container and schema version (docs/EVENTS.md). "
-                                   'Lost events appear as {"event": "lost", ...} lines. A program unloaded and '
-                                   "loaded again is picked up again. Ctrl-C exits 130, SIGTERM 143.")
-    p.add_argument("programs", nargs="*", help="programs whose events to print (default: all in the manifest)")
-    p.add_argument("--format", choices=("raw", "ecs", "ocsf"), default="raw",
-                   help="raw: the decoded event; ecs: Elastic Common Schema 8.x; ocsf: OCSF 1.x (docs/EVENTS.md)")
-    p.add_argument("--window-ms", type=int, default=50, metavar="MS",
-                   help="hold events this long to merge the rings in timestamp order (default 50; 0: no wait)")
-    p.add_argument("--count", type=int, default=0, help="stop after this many events (default: run until Ctrl-C)")
-    _selection_flags(p)
+    if only in (None, "watch"):
+        p = sub.add_parser("watch", help="print events of one, several or all programs as JSON lines until interrupted",
+                           description="Decode events from each program's `events` map (ring or perf buffer) using the "
+                                       "object's BTF, all programs in one process. Uses the pinned maps of loaded "
+                                       "programs (this process then holds each one's consumer lock: a second watch of "
+                                       "any of them is refused, naming this one's pid), else loads and attaches them "
+                                       "for as long as the command runs; the kernel drops this process's own events. "
+                                       "Events are merged in kernel-timestamp order within --window-ms; each carries "
+                                       "its wall-clock time, host, container and schema version (docs/EVENTS.md). "
+                                       'Lost events appear as {"event": "lost", ...} lines. A program unloaded and '
+                                       "loaded again is picked up again. Ctrl-C exits 130, SIGTERM 143.")
+        p.add_argument("programs", nargs="*", help="programs whose events to print (default: all in the manifest)")
+        p.add_argument("--format", choices=("raw", "ecs", "ocsf"), default="raw",
+                       help="raw: the decoded event; ecs: Elastic Common Schema 8.x; ocsf: OCSF 1.x (docs/EVENTS.md)")
+        p.add_argument("--window-ms", type=int, default=50, metavar="MS",
+                       help="hold events this long to merge the rings in timestamp order (default 50; 0: no wait)")
+        p.add_argument("--count", type=int, default=0, help="stop after this many events (default: run until Ctrl-C)")
+        _selection_flags(p)
 
-    p = sub.add_parser("stats", help="print per-type emitted/dropped counters of the loaded programs",
-                       description="Read each loaded program's `counters` map (per event type: sent to user space, "
-                                   "lost to a full buffer; summed over CPUs). --prometheus prints the Prometheus "
-                                   "text exposition format, for node-exporter's textfile collector "
-                                   "(hids-bytecode stats --prometheus > DIR/hids.prom.$$ && mv ...).")
-    p.add_argument("programs", nargs="*", help="programs to report (default: all in the manifest)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="machine-readable output")
-    out.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
+    if only in (None, "stats"):
+        p = sub.add_parser("stats", help="print per-type emitted/dropped counters of the loaded programs",
+                           description="Read each loaded program's `counters` map (per event type: sent to user space, "
+                                       "lost to a full buffer; summed over CPUs). --prometheus prints the Prometheus "
+                                       "text exposition format, for node-exporter's textfile collector "
+                                       "(hids-bytecode stats --prometheus > DIR/hids.prom.$$ && mv ...).")
+        p.add_argument("programs", nargs="*", help="programs to report (default: all in the manifest)")
+        out = p.add_mutually_exclusive_group()
+        out.add_argument("--json", action="store_true", help="machine-readable output")
+        out.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
 
-    p = sub.add_parser("list", help="list the manifest's objects",
-                       description=f"One line per object: unit, kind, arch, sha256. "
-                                   f"Data from {DATA_ENV} or the package.")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    if only in (None, "list"):
+        p = sub.add_parser("list", help="list the manifest's objects",
+                           description=f"One line per object: unit, kind, arch, sha256. "
+                                       f"Data from {DATA_ENV} or the package.")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("provenance", help="print the wheel's provenance (in-toto statement, SLSA provenance v1)",
-                       description="Every input of the objects: the project's git commit, the matrix hash, the "
-                                   "toolchain and its Debian package versions, every kernel header package with the "
-                                   "sha256 apt checked, the stitched sources, each unit's compiler arguments. The "
-                                   "manifest's signature covers it (its sha256 is in the manifest).")
-    p.add_argument("--json", action="store_true", help="the statement itself, as JSON")
+    if only in (None, "provenance"):
+        p = sub.add_parser("provenance", help="print the wheel's provenance (in-toto statement, SLSA provenance v1)",
+                           description="Every input of the objects: the project's git commit, the matrix hash, the "
+                                       "toolchain and its Debian package versions, every kernel header package with "
+                                       "the sha256 apt checked, the stitched sources, each unit's compiler arguments. "
+                                       "The manifest's signature covers it (its sha256 is in the manifest).")
+        p.add_argument("--json", action="store_true", help="the statement itself, as JSON")
 
-    p = sub.add_parser("verify", help="check every object's sha256 against the manifest",
-                       description="Hash every object and shipped source; exits non-zero if any differs.")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    if only in (None, "verify"):
+        p = sub.add_parser("verify", help="check every object's sha256 against the manifest",
+                           description="Hash every object and shipped source; exits non-zero if any differs.")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -180,7 +191,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
         facts = api.host_facts(_options(args))
     manifest = _manifest(args)
     choices, failures = [], []
-    for program in _programs(args):
+    for program in args.programs or manifest.programs:
         try:
             choices.append(api.choose(program, facts, _options(args), manifest))
         except HidsError as exc:
@@ -213,6 +224,7 @@ def _print_steps(steps: tuple[Step, ...], detail: bool) -> None:
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
+    from . import interrupts
     with interrupts.as_errors():
         facts = api.host_facts(_options(args))
         results = [api.load(p, _options(args, backend=args.backend), facts, args.agent_pid) for p in _programs(args)]
@@ -227,6 +239,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
 
 
 def _cmd_unload(args: argparse.Namespace) -> int:
+    from . import interrupts
     with interrupts.as_errors():
         removed = {p: [str(x) for x in api.unload(p)] for p in _programs(args)}
         _print(args, removed, "\n".join(f"{p}: removed {len(paths)} pins" for p, paths in removed.items()))
@@ -234,6 +247,7 @@ def _cmd_unload(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
+    from . import interrupts
     seen = 0
     # Interrupted (exit 130/143) ends the loop; the stream's close then clears the filters and lets go
     # of the rings.
@@ -315,8 +329,19 @@ _COMMANDS = {"select": _cmd_select, "load": _cmd_load, "unload": _cmd_unload, "w
              "list": _cmd_list, "verify": _cmd_verify, "provenance": _cmd_provenance}
 
 
+def _command_in(argv: list[str]) -> str | None:
+    """The command argv names (its first word after the global options), if it is one."""
+    words = iter(argv)
+    for word in words:
+        if word == "--trusted-keys":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in _COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command_in(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
         if args.version:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .arches import ARCHES
 from .errors import HostFactError, UnknownArch
-from .kallsyms import KALLSYMS, WrapperFact, detect_syscall_wrapper
+from .kallsyms import KALLSYMS, WrapperFact, addresses_hidden, detect_syscall_wrapper
 from .kversion import KernelVersion, upstream_version
 
 __all__ = ["Fact", "HostFacts", "gather", "what_if", "SUPPORTED_ARCHES", "BTF_PATH"]
@@ -75,20 +75,38 @@ def _read_optional(path: Path) -> str | None:
         return None
 
 
+def _wrapper(kallsyms: Path, cached: bool) -> tuple[WrapperFact, str]:
+    """The syscall wrapper fact, from this boot's cache when `cached` (hostcache.py), and a note
+    on the cache for --explain."""
+    if not cached:
+        return detect_syscall_wrapper(kallsyms), ""
+    from . import hostcache
+    from .hostcache import FACTS_NAME
+    found = hostcache.lookup(kallsyms)
+    if found.fact is not None:
+        hidden = addresses_hidden(kallsyms)  # a sysctl: read now, never cached
+        return replace(found.fact, addresses_hidden=hidden), f"; cached for this boot in {found.where / FACTS_NAME}"
+    fact = detect_syscall_wrapper(kallsyms)
+    return fact, f"; scanned ({found.reason}), cache {hostcache.store(kallsyms, fact)}"
+
+
 def gather(
     uname: os.uname_result | None = None,
     kallsyms: Path = KALLSYMS,
     btf_path: Path = BTF_PATH,
     version_signature: Path = _VERSION_SIGNATURE,
     os_release: tuple[Path, ...] = _OS_RELEASE,
+    cache: bool = True,
 ) -> HostFacts:
-    """Read every fact; the parameters exist so tests can point at fixture files."""
+    """Read every fact; the parameters exist so tests can point at fixture files. The kallsyms
+    scan of this running host (default `uname` and `kallsyms`) is cached per boot unless `cache`
+    is False."""
     u = uname or os.uname()
     if u.machine not in SUPPORTED_ARCHES:
         raise UnknownArch(f"unsupported architecture {u.machine!r} (uname -m); "
                           f"supported: {', '.join(SUPPORTED_ARCHES)}")
     version = upstream_version(u.release, u.version, _read_optional(version_signature))
-    wrapper = detect_syscall_wrapper(kallsyms)
+    wrapper, cache_note = _wrapper(kallsyms, cache and uname is None and kallsyms == KALLSYMS)
     btf = btf_path.is_file()
     distro, distro_version, distro_source = _os_release(os_release)
     facts = (
@@ -97,7 +115,7 @@ def gather(
         Fact("version", str(version), version.source),
         Fact("syscall_wrapper", wrapper.wrapper,
              f"{kallsyms} line {wrapper.line}: {wrapper.symbol}"
-             + (" (addresses hidden by kptr_restrict)" if wrapper.addresses_hidden else "")),
+             + (" (addresses hidden by kptr_restrict)" if wrapper.addresses_hidden else "") + cache_note),
         Fact("btf", btf, str(btf_path) + (" present" if btf else " absent")),
         Fact("distro", f"{distro} {distro_version}".strip(), distro_source),
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import KallsymsUnavailable, KallsymsUndecided
 
-__all__ = ["WrapperFact", "detect_syscall_wrapper", "KALLSYMS"]
+__all__ = ["WrapperFact", "detect_syscall_wrapper", "addresses_hidden", "KALLSYMS"]
 
 KALLSYMS = Path("/proc/kallsyms")
 _SYSCALLS = r"(?:openat|open|execve)"
@@ -57,3 +57,12 @@ def detect_syscall_wrapper(path: Path = KALLSYMS) -> WrapperFact:
         f"{path} names no open/openat/execve syscall symbol; cannot tell the syscall wrapper"
         " (empty when not root or a restricted /proc)"
     )
+
+
+def addresses_hidden(path: Path = KALLSYMS) -> bool:
+    """Whether this reader sees zeroed addresses (kptr_restrict, a sysctl: read each time, never cached)."""
+    try:
+        with path.open("r", errors="replace") as lines:
+            return lines.readline().startswith("0000000000000000 ")
+    except OSError:
+        return True

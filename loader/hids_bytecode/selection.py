@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import BtfUnavailable, NoMatch
 from .hostinfo import HostFacts
 from .integrity import read_object
 from .manifest import Entry, Manifest
-from .runtime_compile import RuntimePlan, plan_runtime_compile
+
+if TYPE_CHECKING:  # runtime_compile.py is imported only when the runtime stage is reached
+    from .runtime_compile import RuntimePlan
 
 __all__ = ["Step", "Choice", "select", "runtime_compile_enabled", "explain_lines", "RUNTIME_ENV"]
 
@@ -120,6 +123,7 @@ def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = 
             steps.append(Step("runtime", "-", False,
                               f"no build of this program for {facts.arch} ships its source and flags"))
         else:
+            from .runtime_compile import plan_runtime_compile
             plan = plan_runtime_compile(template, facts, debug)
             steps.append(Step("runtime", template.unit, plan.ready, plan.reason))
             if plan.ready:
