@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hids_bytecode.arches import Arch
 
@@ -62,6 +62,7 @@ class Archive:
     mirror: Callable[[str], str]  # suite -> mirror URL (read from the host's configuration when called)
 
 
+@runtime_checkable
 class Distro(Protocol):
     name: str
     keys: frozenset[str]  # the kernel entry keys it reads (besides distro, release, arch, cflags)
