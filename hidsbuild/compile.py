@@ -1,31 +1,35 @@
 """Where a compile runs: a batch of units (one kernel's) inside one toolchain container.
 
-The container runs templates/compile_unit.sh for every unit with `xargs -P <cores>`, so a
-kernel's units share one container start and every core; first it precompiles the headers
-that two or more of the batch's units share (hidsbuild/pch.py), once each. The host watches the bind-mounted
-output directory and validates and caches each object as soon as its unit finishes; a unit
-whose object is cut or invalid fails and leaves nothing in the cache.
+Each unit's compile recipe is rendered here with the container's paths into `steps`, one
+shell-quoted argv per line, which templates/compile_unit.sh runs for every unit with
+`xargs -P <cores>`, so a kernel's units share one container start and every core; first it
+precompiles the headers that two or more of the batch's units share (hidsbuild/pch.py), once
+each. The host watches the bind-mounted output directory and validates and caches each object
+as soon as its unit finishes; a unit whose object is cut or invalid fails and leaves nothing in
+the cache.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import docker
+from hids_bytecode.recipe import Roots, Step, render
 
 from . import containers
 from .cache import CachedObject, ObjectCache
 from .owners import make_scratch
 from .pch import SharedHeader, shared_header
 from .toolchain import ToolchainImage
-from .units import PCH_EXCLUDED_MACROS, Unit, pch_args
+from .units import PCH_EXCLUDED_MACROS, Unit, pch_args, rendered_flags
 from .validate import InvalidObject, validate_object
 
 __all__ = ["Job", "Outcome", "run_batch"]
@@ -37,8 +41,13 @@ log = logging.getLogger("hidsbuild")
 @dataclass(frozen=True)
 class Job:
     unit: Unit
-    args: list[str]
+    recipe: tuple[Step, ...]
+    roots: Roots  # the container's paths and the unit's variant; bitcode and object are set per batch
     key: str
+
+    @property
+    def flags(self) -> list[str]:
+        return rendered_flags(self.unit, self.roots)
 
 
 @dataclass
@@ -84,7 +93,7 @@ def _finish(job: Job, out: Path, image: ToolchainImage, cache: ObjectCache) -> O
 def _shared_headers(jobs: list[Job], sources: Path) -> dict[int, SharedHeader]:
     """Job index -> the precompiled header it uses, for headers two or more jobs share."""
     texts = {job.unit.program.name: (sources / f"{job.unit.program.name}.c").read_text() for job in jobs}
-    headers = {i: shared_header(texts[job.unit.program.name], pch_args(job.args), PCH_EXCLUDED_MACROS)
+    headers = {i: shared_header(texts[job.unit.program.name], pch_args(job.flags), PCH_EXCLUDED_MACROS)
                for i, job in enumerate(jobs)}
     users = Counter(h.id for h in headers.values() if h)
     return {i: h for i, h in headers.items() if h and users[h.id] > 1}
@@ -97,6 +106,19 @@ def _write_headers(workdir: Path, headers: dict[int, SharedHeader]) -> None:
         (path / "header.h").write_text(header.text)
         (path / "args").write_text("\n".join(header.args) + "\n")
         (path / "excluded").write_text("\n".join(PCH_EXCLUDED_MACROS) + "\n")
+
+
+def _write_steps(unit_dir: Path, job: Job, header: SharedHeader | None) -> None:
+    """The unit's recipe as the container runs it: `steps`, and with a shared header `steps.pch`,
+    the same with clang reading that header first."""
+    out = f"/out/{unit_dir.name}"
+    argv = render(job.recipe, replace(job.roots, bitcode=f"{out}/unit.bc", object=f"{out}/unit.o"))
+    (unit_dir / "steps").write_text("".join(shlex.join(a) + "\n" for a in argv))
+    if header is not None:
+        assert argv[0][0] == "clang"
+        argv[0][1:1] = ["-include-pch", f"/tmp/pch/{header.id}.pch"]
+        (unit_dir / "pch").write_text(header.id)
+        (unit_dir / "steps.pch").write_text("".join(shlex.join(a) + "\n" for a in argv))
 
 
 def _pch_ns(workdir: Path) -> int:
@@ -141,9 +163,7 @@ def run_batch(
         for index, job in enumerate(jobs):
             name = f"u{index:04d}"
             (workdir / name).mkdir()
-            (workdir / name / "args").write_text("\n".join(job.args) + "\n")
-            if index in headers:
-                (workdir / name / "pch").write_text(headers[index].id)
+            _write_steps(workdir / name, job, headers.get(index))
             pending[name] = job
         volumes = {str(sources): {"bind": "/src", "mode": "ro"}, str(workdir): {"bind": "/out", "mode": "rw"}}
         volumes.update({str(host): {"bind": path, "mode": "ro"} for host, path in mounts.items()})

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hids_bytecode.recipe import recipe_json
+
 from . import btf_header
 from .apt import PrivateApt
 from .artifacts import write_atomic
@@ -30,7 +32,17 @@ from .owners import make_scratch, reap_scratch
 from .report import UnitProgress, console, failure_report, skipped_report, step, summary_table
 from .stitch import Stitched, StitchError, stitch
 from .toolchain import ToolchainImage, docker_client, ensure_image, recipe_hash
-from .units import BTF_DIR, HEADERS_DIR, Unit, cache_key, compile_args, enumerate_units, shard, skip_reason
+from .units import (
+    BTF_DIR,
+    HEADERS_DIR,
+    Unit,
+    cache_key,
+    compile_recipe,
+    container_roots,
+    enumerate_units,
+    shard,
+    skip_reason,
+)
 
 __all__ = ["BuildOptions", "BuildResult", "build_all"]
 
@@ -99,14 +111,15 @@ class _Planner:
             identity = self._btf_identity[unit.arch]
             if identity is None:
                 return None
-            args = compile_args(unit, None, self.matrix.toolchain.clang)
+            roots = container_roots(unit, None, self.matrix.toolchain.clang)
         else:
             headers = self.kernel_headers(unit.kernel)
             if headers is None:
                 return None
-            args = compile_args(unit, headers, self.matrix.toolchain.clang)
+            roots = container_roots(unit, headers, self.matrix.toolchain.clang)
             identity = headers.identity
-        return Job(unit, args, cache_key(unit, args, source, identity, self.recipe))
+        steps = compile_recipe(unit)
+        return Job(unit, steps, roots, cache_key(unit, steps, roots, source, identity, self.recipe))
 
     def forget(self) -> None:
         """Inputs were fetched or discarded: describe them again on the next look."""
@@ -150,7 +163,8 @@ def _index_entry(outcome: Outcome, matrix: Matrix, stitched: Stitched) -> dict[s
         "maps": obj.meta["maps"],
         "toolchain": {"clang": obj.meta["clang"], "image": obj.meta["toolchain"]},
         "source": {"path": f"sources/{unit.program.name}-{stitched.sha256[:16]}.c", "sha256": stitched.sha256},
-        "cflags": outcome.job.args,
+        "cflags": [*outcome.job.flags, str(outcome.job.roots.source)],
+        "recipe": recipe_json(outcome.job.recipe),
         "compile_ns": obj.meta["compile_ns"],
     }
 

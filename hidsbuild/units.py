@@ -1,27 +1,30 @@
-"""Units of work, (program, kernel, variant), with their exact compiler arguments and cache keys."""
+"""Units of work, (program, kernel, variant), with their compile recipes and cache keys."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from hids_bytecode.arches import ARCHES
+from hids_bytecode.recipe import Roots, Step, recipe_json, render
 
 from .headers import KernelHeaders
-from .kernels import ARCHES, Kernel, Matrix, Program, Variant, parse_version
+from .kernels import Kernel, Matrix, Program, Variant, parse_version
 
-__all__ = ["Unit", "enumerate_units", "skip_reason", "compile_args", "pch_args", "cache_key", "shard",
-           "PCH_EXCLUDED_MACROS", "SRC_DIR", "HEADERS_DIR", "BTF_DIR"]
+__all__ = ["Unit", "enumerate_units", "skip_reason", "clang_flags", "compile_recipe", "container_roots",
+           "rendered_flags", "pch_args", "cache_key", "shard", "PCH_EXCLUDED_MACROS", "SRC_DIR", "HEADERS_DIR",
+           "BTF_DIR"]
 
 # Fixed paths inside the container: objects never depend on where the checkout lives.
 SRC_DIR = "/src"
 HEADERS_DIR = "/headers"
 BTF_DIR = "/btf"
-_MS_EXTENSIONS_FROM = parse_version("6.19")
 
 _COMMON_FLAGS = (
     "-O2", "-g",
     "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-jump-tables",
-    "-fdebug-prefix-map=/src=.", "-fdebug-compilation-dir=.", "-fno-ident",
+    "-fdebug-prefix-map={source_dir}=.", "-fdebug-compilation-dir=.", "-fno-ident",
     "-Wall", "-Wno-unused-value", "-Wno-pointer-sign", "-Wno-compare-distinct-pointer-types",
     "-Wno-gnu-variable-sized-type-not-at-end", "-Wno-address-of-packed-member", "-Wno-tautological-compare",
     "-Wno-unknown-warning-option", "-Wno-unused-function", "-Wno-frame-address",
@@ -79,61 +82,87 @@ def shard(units: list[Unit], index: int, count: int) -> list[Unit]:
     return [u for u in units if u.target in mine]
 
 
-def _variant_defines(variant: Variant) -> list[str]:
-    return [f"-DUSE_SYSCALL_WRAPPER={int(variant.syscall_wrapper)}", f"-DDEBUG={int(variant.debug)}"]
-
-
 # Variant macros left off a precompiled header's command line, so that one PCH per kernel serves
 # every variant. Kernel headers test whether DEBUG is defined (printk.h, dynamic_debug.h), so the
 # PCH defines them while it parses and undefines them after (hidsbuild/pch.py); compile_unit.sh
 # drops a PCH when a file it read tests one's value.
 PCH_EXCLUDED_MACROS = ("USE_SYSCALL_WRAPPER", "DEBUG")
+_VARIANT_DEFINES = ("-DUSE_SYSCALL_WRAPPER={wrapper}", "-DDEBUG={debug}")
 
 
-def pch_args(args: list[str]) -> list[str]:
-    """The arguments of the precompiled header that units with `args` may share: theirs without
-    the source (always last) and the excluded variant macros."""
+def pch_args(flags: list[str]) -> list[str]:
+    """The arguments of the precompiled header that units with these (rendered) clang `flags` may
+    share: theirs without the excluded variant macros."""
     excluded = tuple(f"-D{m}=" for m in PCH_EXCLUDED_MACROS)
-    return [a for a in args[:-1] if not a.startswith(excluded)]
+    return [a for a in flags if not a.startswith(excluded)]
 
 
-def compile_args(unit: Unit, headers: KernelHeaders | None, clang_major: int) -> list[str]:
-    """clang arguments for the unit, minus `-emit-llvm -c -o OUT` which the runner adds."""
-    source = f"{SRC_DIR}/{unit.program.name}.c"
+def _literal(flag: str) -> str:
+    """A flag from kernels.yaml as a recipe argument: its braces are not placeholders."""
+    return flag.replace("{", "{{").replace("}", "}}")
+
+
+def clang_flags(unit: Unit) -> tuple[str, ...]:
+    """The unit's clang flags as recipe arguments (loader/hids_bytecode/recipe.py), without the
+    source and output: the same for every program and variant of a kernel."""
+    arch = ARCHES[unit.arch]
     if unit.kernel is None:
-        src_arch = ARCHES[unit.arch][1]
-        return ["-target", "bpf", f"-D__TARGET_ARCH_{src_arch}", "-DHIDS_CORE=1", f"-I{BTF_DIR}/{unit.arch}",
-                *_variant_defines(unit.variant), *_COMMON_FLAGS, source]
+        return ("-target", "bpf", f"-D__TARGET_ARCH_{arch.target_arch}", "-DHIDS_CORE=1", "-I{btf}",
+                *_VARIANT_DEFINES, *_COMMON_FLAGS)
+    tree = arch.src_arch
+    # Debian's clang-N keeps its own headers (stdarg.h, ...) in its resource dir; kernel builds use them the same way.
+    args = ["-nostdinc", "-isystem", "{clang_include}", f"--target={arch.clang_target}",
+            f"-I{{flavour}}/arch/{tree}/include/generated", f"-I{{common}}/arch/{tree}/include",
+            "-I{flavour}/include", "-I{common}/include",
+            f"-I{{common}}/arch/{tree}/include/uapi", f"-I{{flavour}}/arch/{tree}/include/generated/uapi",
+            "-I{common}/include/uapi", "-I{flavour}/include/generated/uapi",
+            "-include", "{common}/include/linux/kconfig.h",
+            "-D__KERNEL__", "-D__BPF_TRACING__", f"-D__TARGET_ARCH_{arch.target_arch}", '-DKBUILD_MODNAME="hids"',
+            # Paths in .BTF line info then read /usr/src/linux-headers-*, as on a host with the
+            # packages installed, so a runtime compile there gives the same bytes.
+            "-fdebug-prefix-map={header_root}=",
+            # Kernels from 6.19 build with -fms-extensions (their headers need it); earlier ones without.
+            "{since:6.19}-fms-extensions"]
+    return (*args, *_VARIANT_DEFINES, *_COMMON_FLAGS, *map(_literal, unit.kernel.cflags))
+
+
+def compile_recipe(unit: Unit) -> tuple[Step, ...]:
+    """The unit's compile steps: clang to LLVM IR, llc to a BPF object, DWARF stripped (.BTF and
+    .BTF.ext stay)."""
+    return (Step("clang", (*clang_flags(unit), "{source}", "-emit-llvm", "-c", "-o", "{bitcode}")),
+            Step("llc", ("-march=bpf", "-mcpu=v2", "-filetype=obj", "-o", "{object}", "{bitcode}")),
+            Step("llvm-strip", ("-g", "{object}")))
+
+
+def rendered_flags(unit: Unit, roots: Roots) -> list[str]:
+    """The clang flags the unit's compile runs with at `roots`, without source and output: what a
+    shared precompiled header is built from, and (then the source) what provenance records."""
+    return render((Step("clang", clang_flags(unit)),), roots)[0][1:]
+
+
+def container_roots(unit: Unit, headers: KernelHeaders | None, clang_major: int) -> Roots:
+    """Where the unit's inputs sit inside the toolchain container (the compile's own files,
+    `bitcode` and `object`, are set per batch)."""
+    base = Roots(source=f"{SRC_DIR}/{unit.program.name}.c", source_dir=SRC_DIR,
+                 wrapper=unit.variant.syscall_wrapper, debug=unit.variant.debug)
+    if unit.kernel is None:
+        return replace(base, btf=f"{BTF_DIR}/{unit.arch}")
     assert headers is not None
-    kernel = unit.kernel
-    arch = kernel.src_arch
-    common, flavour = f"{HEADERS_DIR}/{headers.common}", f"{HEADERS_DIR}/{headers.flavour}"
-    # Debian's clang-N keeps its own headers (stdarg.h, ...) here; kernel builds use them the same way.
-    args = ["-nostdinc", "-isystem", f"/usr/lib/llvm-{clang_major}/lib/clang/{clang_major}/include"]
-    if kernel.arch == "aarch64":
-        args.append("--target=aarch64-linux-gnu")
-    args += [
-        f"-I{flavour}/arch/{arch}/include/generated", f"-I{common}/arch/{arch}/include",
-        f"-I{flavour}/include", f"-I{common}/include",
-        f"-I{common}/arch/{arch}/include/uapi", f"-I{flavour}/arch/{arch}/include/generated/uapi",
-        f"-I{common}/include/uapi", f"-I{flavour}/include/generated/uapi",
-        "-include", f"{common}/include/linux/kconfig.h",
-        "-D__KERNEL__", "-D__BPF_TRACING__", f"-D__TARGET_ARCH_{arch}", '-DKBUILD_MODNAME="hids"',
-    ]
-    # Paths in .BTF line info then read /usr/src/linux-headers-*, as on a host with the
-    # packages installed, so a runtime compile there gives the same bytes.
-    args += [f"-fdebug-prefix-map={HEADERS_DIR}/{i}=" for i in range(len(headers.packages))]
-    if parse_version(kernel.upstream) >= _MS_EXTENSIONS_FROM:
-        args.append("-fms-extensions")
-    return [*args, *_variant_defines(unit.variant), *_COMMON_FLAGS, *kernel.cflags, source]
+    return replace(base, common=f"{HEADERS_DIR}/{headers.common}", flavour=f"{HEADERS_DIR}/{headers.flavour}",
+                   header_roots=tuple(f"{HEADERS_DIR}/{i}" for i in range(len(headers.packages))),
+                   clang_include=f"/usr/lib/llvm-{clang_major}/lib/clang/{clang_major}/include",
+                   kernel=parse_version(unit.kernel.upstream).release)
 
 
-def cache_key(unit: Unit, args: list[str], source_sha256: str, headers_identity: str, toolchain_recipe: str) -> str:
-    """Content address of a unit's object: every input that can change its bytes."""
+def cache_key(unit: Unit, steps: tuple[Step, ...], roots: Roots, source_sha256: str, headers_identity: str,
+              toolchain_recipe: str) -> str:
+    """Content address of a unit's object: every input that can change its bytes (the recipe and
+    what fills it in, but not where the batch puts its output)."""
     material = {
         "source": source_sha256,
         "headers": headers_identity,
-        "args": args,
+        "recipe": recipe_json(steps),
+        "roots": {k: v for k, v in roots.as_dict().items() if k not in ("bitcode", "object")},
         "toolchain": toolchain_recipe,
         "arch": unit.arch,
     }

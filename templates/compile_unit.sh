@@ -1,10 +1,10 @@
 #!/bin/sh
-# Compiles one unit inside the toolchain container: clang -> LLVM IR -> llc -> BPF object,
-# then strips DWARF (keeping .BTF/.BTF.ext). Writes the object, the compiler's stderr and the
-# pure compile time (ns) under /out/<unit>/ (`result`: status, ns, pch|plain); a failure in any
-# step fails the unit.
-# Usage: compile_unit.sh UNIT_DIR   (UNIT_DIR holds `args`: clang arguments, one per line, and
-#                                    optionally `pch`: the id of a shared header built below)
+# Compiles one unit inside the toolchain container by running its `steps`: the argv lists that
+# hidsbuild/compile.py rendered from the unit's compile recipe (loader/hids_bytecode/recipe.py),
+# one shell-quoted command per line. Writes the compiler's stderr and the pure compile time (ns)
+# under /out/<unit>/ (`result`: status, ns, pch|plain); a failure in any step fails the unit.
+# Usage: compile_unit.sh UNIT_DIR   (UNIT_DIR holds `steps`, and optionally `pch`: the id of a
+#                                    shared header built below, and `steps.pch`: the steps reading it)
 #        compile_unit.sh --pch ID   (/out/pch/ID holds `header.h`, `args` and `excluded`:
 #                                    precompiles the header to /tmp/pch/ID.pch; see docs/DESIGN.md)
 # A unit whose PCH is missing or fails compiles without it: the PCH only saves time, the
@@ -36,26 +36,25 @@ fi
 
 dir="$1"
 out="/out/$dir"
-pch=""
-if [ -f "$out/pch" ] && [ -f "/tmp/pch/$(cat "$out/pch").pch" ]; then
-  pch="/tmp/pch/$(cat "$out/pch").pch"
+steps=steps.pch
+if [ ! -f "$out/pch" ] || [ ! -f "/tmp/pch/$(cat "$out/pch").pch" ]; then
+  steps=steps
 fi
 
-compile() {  # extra clang arguments
-  xargs -d '\n' -a "$out/args" clang "$@" -emit-llvm -c -o "$out/unit.bc" &&
-  llc -march=bpf -mcpu=v2 -filetype=obj -o "$out/unit.o.tmp" "$out/unit.bc" &&
-  llvm-strip -g "$out/unit.o.tmp" &&
-  mv "$out/unit.o.tmp" "$out/unit.o"
+run() {  # a steps file: each line one command, its words quoted by the host
+  while IFS= read -r step; do
+    eval "$step" || return $?
+  done < "$out/$1"
 }
 
 start=$(date +%s%N)
 status=0
 how=pch
-if [ -z "$pch" ] || ! compile -include-pch "$pch" 2> "$out/stderr"; then
+if [ "$steps" = steps ] || ! run steps.pch 2> "$out/stderr"; then
   how=plain
-  compile 2> "$out/stderr" || status=$?
+  run steps 2> "$out/stderr" || status=$?
 fi
 end=$(date +%s%N)
-rm -f "$out/unit.bc" "$out/unit.o.tmp"
+rm -f "$out/unit.bc"
 # The host polls for `result`: rename it into place so it is never seen half-written.
 echo "$status $((end - start)) $how" > "$out/result.tmp" && mv "$out/result.tmp" "$out/result"

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hids_bytecode.recipe import Roots, parse_recipe
+from hids_bytecode.runtime_compile import RuntimePlan
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADER_DATA = ROOT / "tests" / "data" / "loader"
@@ -168,3 +170,17 @@ def bpf_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]
 @pytest.fixture(scope="session")
 def loader_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_loader_data(tmp_path_factory.mktemp("loader-data"))
+
+
+def core_plan(clang: Path, vmlinux_dir: Path, *defines: str) -> RuntimePlan:
+    """A runtime plan compiling the mini source by a CO-RE recipe (the pipeline's CO-RE flags)
+    against `vmlinux_dir`'s vmlinux.h: this host ships no kernel headers for an exact one."""
+    arch = "arm64" if os.uname().machine == "aarch64" else "x86"
+    recipe = parse_recipe([
+        {"tool": "clang", "args": ["-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-DHIDS_CORE=1", "-I{btf}", *defines,
+                                   "-DUSE_SYSCALL_WRAPPER={wrapper}", "-DDEBUG={debug}", "-O2", "-g",
+                                   "-fdebug-prefix-map={source_dir}=.", "-fdebug-compilation-dir=.", "{source}",
+                                   "-emit-llvm", "-c", "-o", "{bitcode}"]},
+        {"tool": "llc", "args": ["-march=bpf", "-mcpu=v2", "-filetype=obj", "-o", "{object}", "{bitcode}"]},
+        {"tool": "llvm-strip", "args": ["-g", "{object}"]}])
+    return RuntimePlan(True, "test", clang, recipe, Roots(btf=str(vmlinux_dir), wrapper=True, debug=False))

@@ -24,7 +24,7 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT, clone_data
+from conftest_loader import ROOT, clone_data, core_plan
 from hids_bytecode.elfinfo import ElfError, inventory
 from hids_bytecode.errors import EXIT_CODES, HostFactError, RuntimeCompileError
 from hids_bytecode.hostinfo import gather
@@ -85,10 +85,7 @@ def plan(loader_data: Path) -> RuntimePlan:
                   if (Path(d) / "clang").exists()), None)
     if clang is None:
         pytest.skip("no /usr/lib/llvm-N/bin/clang")
-    arch = "arm64" if os.uname().machine == "aarch64" else "x86"
-    args = ("-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-DHIDS_CORE=1", f"-I{loader_data.parent / 'work'}",
-            "-DUSE_SYSCALL_WRAPPER=1", "-DDEBUG=0", "-O2", "-g", "mini.c")
-    return RuntimePlan(True, "test", clang.resolve(), None, None, args)
+    return core_plan(clang.resolve(), loader_data.parent / "work")
 
 
 def test_cache_dir_is_created_0700_under_umask_000(mini: Entry, plan: RuntimePlan, tmp_path: Path,
@@ -197,8 +194,8 @@ def test_compilers_never_come_from_path(path_var: str, mini: Entry, tmp_path: Pa
     release = gather().release
     headers = tmp_path / "src"
     (headers / f"linux-headers-{release}" / "include").mkdir(parents=True)
-    entry = Entry({**mini.raw, "cflags": ["-O2", "/src/mini.c"], "toolchain": {"clang": "clang version 99.0.0"}},
-                  mini.data)
+    entry = Entry({**mini.raw, "recipe": [{"tool": "clang", "args": ["-O2", "{source}"]}],
+                   "toolchain": {"clang": "clang version 99.0.0"}}, mini.data)
     monkeypatch.chdir(work)
     monkeypatch.setenv("PATH", path_var)
     plan = plan_runtime_compile(entry, gather(), False, (headers,))
@@ -222,7 +219,7 @@ def test_compiler_another_user_can_change_is_never_run(mini: Entry, shared: Path
     os.chown(theirs, 65534, 65534)
     as_nobody("cp", "-p", str(shared / "fake"), str(theirs / "clang"))
     with pytest.raises(RuntimeCompileError, match="not a root-owned compiler"):
-        compile_object(RuntimePlan(True, "test", theirs / "clang", args=("mini.c",)), mini, gather())
+        compile_object(core_plan(theirs / "clang", shared), mini, gather())
     assert not marker.exists()
 
 

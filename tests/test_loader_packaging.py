@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,14 +19,14 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from conftest_loader import ROOT, clone_data
+from conftest_loader import ROOT, clone_data, core_plan
 from hids_bytecode import api, libbpf
 from hids_bytecode.attach import open_and_load
 from hids_bytecode.errors import IntegrityError
 from hids_bytecode.hostinfo import gather
 from hids_bytecode.manifest import load_manifest
 from hids_bytecode.pins import PIN_ENV
-from hids_bytecode.runtime_compile import CACHE_ENV, RuntimePlan, _rewrite, compile_plan
+from hids_bytecode.runtime_compile import CACHE_ENV, compile_plan
 
 pytestmark = pytest.mark.integration
 
@@ -41,21 +42,6 @@ def test_installed_layout_finds_its_data_without_the_env_var(loader_data: Path, 
     assert proc.returncode == 0 and "4/4 objects ok" in proc.stdout, proc.stderr
 
 
-def test_pipeline_flags_are_rewritten_to_the_host_trees() -> None:
-    facts = gather()
-    flags = ["-nostdinc", "-isystem", "/usr/lib/llvm-19/lib/clang/19/include",
-             "-I/headers/1/usr/src/linux-headers-6.1.0-50-cloud-amd64/arch/x86/include/generated",
-             "-I/headers/0/usr/src/linux-headers-6.1.0-50-common/include",
-             "-include", "/headers/0/usr/src/linux-headers-6.1.0-50-common/include/linux/kconfig.h",
-             "-fdebug-prefix-map=/headers/0=", "-DUSE_SYSCALL_WRAPPER=0", "-DDEBUG=0", "-O2", "/src/file.c"]
-    out = _rewrite(flags, Path("/usr/src/c-common"), Path("/usr/src/flav"), "/clang/include", facts, "file.c")
-    assert out[:7] == ["-nostdinc", "-isystem", "/clang/include", "-I/usr/src/flav/arch/x86/include/generated",
-                       "-I/usr/src/c-common/include", "-include", "/usr/src/c-common/include/linux/kconfig.h"]
-    assert f"-DUSE_SYSCALL_WRAPPER={int(facts.wrapper.wrapper)}" in out
-    assert out[-1] == "file.c" and not any(a.startswith(("/headers", "-fdebug-prefix-map=/headers")) for a in out)
-    assert ("-fms-extensions" in out) == (facts.version.tuple[:2] >= (6, 19))
-
-
 def test_runtime_compile_builds_caches_and_loads(loader_data: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # This host has no headers for its own kernel, so the plan uses the CO-RE flags against a
@@ -67,16 +53,14 @@ def test_runtime_compile_builds_caches_and_loads(loader_data: Path, tmp_path: Pa
     facts = gather()
     entry = next(e for e in load_manifest(loader_data).entries if e.kind == "core")
     vmlinux_dir = next(loader_data.parent.glob("work"))
-    arch = "arm64" if facts.arch == "aarch64" else "x86"
-    plan = RuntimePlan(True, "test", Path(clang), args=("-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-DHIDS_CORE=1",
-                                                       f"-I{vmlinux_dir}", "-O2", "-g", "mini.c"))
+    plan = core_plan(Path(clang), vmlinux_dir)
     first = compile_plan(plan, entry, facts)
     assert first.parent == tmp_path / "cache" and not list(first.parent.glob(".tmp-*"))
     inode = first.stat().st_ino
     assert compile_plan(plan, entry, facts).stat().st_ino == inode  # cached, not rebuilt
-    other = compile_plan(RuntimePlan(True, "test", Path(clang), args=(*plan.args[:-1], "-DDEBUG=1", "mini.c")),
-                         entry, facts)
-    assert other != first  # flags are part of the key
+    other = compile_plan(replace(plan, roots=replace(plan.roots, debug=True)), entry, facts)
+    assert other != first  # the recipe's values are part of the key
+    assert compile_plan(core_plan(Path(clang), vmlinux_dir, "-DHIDS_TEST_EXTRA=1"), entry, facts) not in (first, other)
     loaded = open_and_load(libbpf.get(), first.read_bytes(), "runtime")
     try:
         assert set(loaded.programs) == {"exec__kprobe", "exec__tracepoint", "open__tracepoint"}
@@ -89,7 +73,7 @@ def test_runtime_compile_refuses_a_tampered_source(loader_data: Path, tmp_path: 
     entry = next(e for e in load_manifest(data).entries if e.kind == "core")
     assert entry.source_path is not None
     entry.source_path.write_text(entry.source_path.read_text() + "\n/* changed */\n")
-    plan = RuntimePlan(True, "test", Path(shutil.which("true") or "/bin/true"), args=("mini.c",))
+    plan = core_plan(Path(shutil.which("true") or "/bin/true"), tmp_path)
     with pytest.raises(IntegrityError, match="source .* has sha256"):
         compile_plan(plan, entry, gather())
 

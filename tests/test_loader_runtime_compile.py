@@ -1,6 +1,7 @@
 """Runtime compilation reproduces the pipeline's objects byte for byte: the loader compiles the
 stitched sources of the pipeline's test build (the `built_project` fixture of conftest.py) with
-the host's clang and the same Debian header packages, from the manifest entries' own cflags.
+the host's clang and the same Debian header packages, by the manifest entries' own compile recipes
+(rendered with the unpacked packages' trees, not the container's paths).
 
 Those kernels cannot run here, so the host facts are this host's with the release, version and
 syscall wrapper of the target kernel substituted: the one stand-in of this test."""

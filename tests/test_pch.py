@@ -43,10 +43,10 @@ def test_prologue_rules() -> None:
 
 
 def test_one_header_serves_every_program_and_variant_of_a_kernel() -> None:
-    args = ["-I/h", "-DUSE_SYSCALL_WRAPPER=1", "-DDEBUG=0", "-O2", "/src/file.c"]
+    args = ["-I/h", "-DUSE_SYSCALL_WRAPPER=1", "-DDEBUG=0", "-O2"]
     assert pch_args(args) == ["-I/h", "-O2"]
     a = shared_header(_stitched("file"), pch_args(args), PCH_EXCLUDED_MACROS)
-    b = shared_header(_stitched("network"), pch_args(["-I/h", "-DUSE_SYSCALL_WRAPPER=0", "-DDEBUG=1", "-O2", "/src/n.c"]),
+    b = shared_header(_stitched("network"), pch_args(["-I/h", "-DUSE_SYSCALL_WRAPPER=0", "-DDEBUG=1", "-O2"]),
                       PCH_EXCLUDED_MACROS)
     assert a is not None and b is not None and a.id == b.id
     lines = a.text.splitlines()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .errors import IntegrityError, ManifestError
+from .recipe import RecipeError, Step, parse_recipe
 from .safefs import Unsafe, open_beneath, read_fd, relative_path_problem
 from .signature import SIGNATURE_NAME, Verdict, check_signature
 from .trust import TrustPolicy
@@ -76,8 +77,15 @@ class Entry:
         return self.data / source["path"] if source else None
 
     @property
-    def cflags(self) -> list[str]:
-        return list(self.raw.get("cflags", []))
+    def recipe(self) -> tuple[Step, ...] | None:
+        """The unit's compile recipe, checked (recipe.py); None for a build that carries none."""
+        raw = self.raw.get("recipe")
+        if raw is None:
+            return None
+        try:
+            return parse_recipe(raw)
+        except RecipeError as exc:
+            raise ManifestError(f"{self.unit}: malformed compile recipe: {exc}") from None
 
 
 @dataclass(frozen=True)

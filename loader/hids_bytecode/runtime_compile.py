@@ -1,10 +1,10 @@
 """Opt-in compilation on the host, with the host's clang and kernel headers, of the stitched source
-the wheel ships, using the pipeline's own flags (the manifest entry's `cflags`, docs/DESIGN.md).
+the wheel ships, by the pipeline's own compile recipe (the manifest entry's `recipe`, recipe.py).
 
-The entry's flags name the container's paths (/headers/<n>/usr/src/<tree>, /src/<program>.c, clang's
-resource dir); those are rewritten to the host's trees, everything else is kept so the object is
-the one the pipeline would have built. Results are cached under /var/cache/hids-bytecode keyed by
-(source hash, kernel release, flags, clang version), written atomically.
+The recipe's placeholders are filled with this host's header trees, clang's resource headers, this
+kernel's version and the wanted variant; everything else is the pipeline's, so the object is the one
+the pipeline would have built. Results are cached under /var/cache/hids-bytecode keyed by
+(source hash, kernel release, recipe and its values, clang version), written atomically.
 
 Root runs what this module finds and loads what it caches, so neither may be steered by another
 user (docs/THREAT_MODEL.md): compilers come only from fixed root-owned directories, never PATH;
@@ -22,24 +22,22 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import safefs
 from .elfinfo import ElfError, inventory
-from .errors import RuntimeCompileError
+from .errors import ManifestError, RuntimeCompileError
 from .hostinfo import HostFacts
 from .integrity import read_source, source_problem
 from .manifest import Entry
+from .recipe import RecipeError, Roots, Step, recipe_json, render
 
 __all__ = ["RuntimePlan", "plan_runtime_compile", "compile_plan", "compile_object", "find_compiler",
            "CACHE_DIR", "CACHE_ENV", "TRUSTED_DIRS"]
 
 CACHE_DIR = Path("/var/cache/hids-bytecode")
 CACHE_ENV = "HIDS_BYTECODE_CACHE"
-_TREE = re.compile(r"/headers/\d+/usr/src/(linux-headers-[^/\s]+)")
-_MS_EXTENSIONS_FROM = (6, 19)
-_CONTAINER_ONLY = re.compile(r"^-fdebug-prefix-map=/headers/\d+=")
 # Where compilers may come from, in order; `llvm-*` is expanded newest first. PATH is never used:
 # an empty or relative entry would make root run a `clang` from whatever directory it stands in.
 TRUSTED_DIRS = ("/usr/lib/llvm-*/bin", "/usr/local/bin", "/usr/bin")
@@ -53,9 +51,8 @@ class RuntimePlan:
     ready: bool
     reason: str
     clang: Path | None = None
-    common: Path | None = None
-    flavour: Path | None = None
-    args: tuple[str, ...] = field(default=())
+    recipe: tuple[Step, ...] = ()
+    roots: Roots = Roots()  # this host's values; the source's and outputs' paths are set per compile
 
 
 def _trusted_dirs() -> list[Path]:
@@ -123,44 +120,32 @@ def _header_trees(release: str, header_dirs: tuple[Path, ...]) -> tuple[Path, Pa
     return common, flavour
 
 
-def _debug_path_maps(*trees: Path) -> list[str]:
-    """Headers unpacked somewhere other than /usr/src still get /usr/src/... in the object's line
-    info, as the pipeline's objects have, so the bytes can match."""
-    maps = []
-    for tree in trees:
-        if tree.parent.name == "src" and tree.parent.parent.name == "usr" and tree.parent.parent.parent != Path("/"):
-            maps.append(f"-fdebug-prefix-map={tree.parent.parent.parent}=")
-    return sorted(set(maps))
+def _unpacked_roots(*trees: Path) -> tuple[str, ...]:
+    """Where header trees unpacked somewhere other than /usr/src were unpacked, so that their line
+    info still reads /usr/src/..., as the pipeline's objects' does, and the bytes can match."""
+    roots = {str(t.parent.parent.parent) for t in trees
+             if t.parent.name == "src" and t.parent.parent.name == "usr" and t.parent.parent.parent != Path("/")}
+    return tuple(sorted(roots))
 
 
-def _rewrite(flags: list[str], common: Path, flavour: Path, clang_include: str, facts: HostFacts,
-             source_name: str) -> list[str]:
-    def tree(match: re.Match[str]) -> str:
-        return str(common if match.group(1).endswith("-common") else flavour)
-
-    out: list[str] = []
-    previous = ""
-    for flag in flags[:-1]:  # the last flag is the container's source path
-        if _CONTAINER_ONLY.match(flag) or flag == "-fms-extensions":
-            continue
-        if previous == "-isystem" and "/lib/clang/" in flag:
-            flag = clang_include
-        elif flag.startswith("-DUSE_SYSCALL_WRAPPER="):
-            flag = f"-DUSE_SYSCALL_WRAPPER={int(facts.wrapper.wrapper)}"
-        out.append(_TREE.sub(tree, flag))
-        previous = flag
-    if facts.version.tuple[:2] >= _MS_EXTENSIONS_FROM:
-        out.append("-fms-extensions")
-    return [*out, source_name]
+def _work_roots(roots: Roots, work: Path, program: str) -> Roots:
+    return replace(roots, source=str(work / f"{program}.c"), source_dir=str(work), bitcode=str(work / "unit.bc"),
+                   object=str(work / "unit.o"))
 
 
 def plan_runtime_compile(entry: Entry, facts: HostFacts, debug: bool | None = None,
                          header_dirs: tuple[Path, ...] = (Path("/usr/src"),)) -> RuntimePlan:
-    """Whether this host can compile `entry`'s source, and with which arguments; kernel headers are
-    looked for in /lib/modules/<release>/build, then in `header_dirs`."""
+    """Whether this host can compile `entry`'s source by its recipe, and with which values; kernel
+    headers are looked for in /lib/modules/<release>/build, then in `header_dirs`."""
     problem = source_problem(entry)
     if problem:
         return RuntimePlan(False, problem)
+    try:
+        recipe = entry.recipe
+    except ManifestError as exc:
+        return RuntimePlan(False, str(exc))
+    if recipe is None:
+        return RuntimePlan(False, f"{entry.unit} carries no compile recipe (built before recipes existed)")
     toolchain = re.search(r"version (\d+)", str(entry.raw.get("toolchain", {}).get("clang", "")))
     clang = _find_clang(toolchain.group(1) if toolchain else None)
     if clang is None:
@@ -172,11 +157,15 @@ def plan_runtime_compile(entry: Entry, facts: HostFacts, debug: bool | None = No
         return RuntimePlan(False, f"no kernel headers for {facts.release} in "
                                   f"/lib/modules/{facts.release}/build or {tried}")
     include = _run([str(clang), "-print-file-name=include"]).stdout.strip()
-    args = _debug_path_maps(*trees) + _rewrite(entry.cflags, trees[0], trees[1], include, facts, f"{entry.program}.c")
-    if debug is not None:
-        args = [f"-DDEBUG={int(debug)}" if a.startswith("-DDEBUG=") else a for a in args]
+    roots = Roots(common=str(trees[0]), flavour=str(trees[1]), header_roots=_unpacked_roots(*trees),
+                  clang_include=include, wrapper=facts.wrapper.wrapper, debug=entry.debug if debug is None else debug,
+                  kernel=facts.version.tuple)
+    try:  # a recipe needing a value this host has none for is refused now, not halfway through
+        render(recipe, _work_roots(roots, Path("/"), entry.program))
+    except RecipeError as exc:
+        return RuntimePlan(False, f"{entry.unit}'s compile recipe cannot run here: {exc}")
     return RuntimePlan(True, f"compile {entry.raw['source']['path']} with {clang} against {trees[1]}", clang,
-                       trees[0], trees[1], tuple(args))
+                       recipe, roots)
 
 
 def _clang_version(clang: Path) -> str:
@@ -260,22 +249,17 @@ def _write_private(dir_fd: int, name: str, data: bytes) -> None:
 
 def _compile(plan: RuntimePlan, entry: Entry, text: bytes) -> bytes:
     assert plan.clang is not None
+    tools = {"clang": str(plan.clang), "llc": _tool(plan.clang, "llc"), "llvm-strip": _tool(plan.clang, "llvm-strip")}
     with tempfile.TemporaryDirectory(prefix="hids-rc-") as tmp:
-        work = Path(tmp)
-        (work / f"{entry.program}.c").write_bytes(text)
-        # Same debug paths as the pipeline's /src=. mapping, so the bytes can match its object.
-        steps = [
-            [str(plan.clang), *plan.args, f"-fdebug-prefix-map={work}=.", "-emit-llvm", "-c", "-o", "unit.bc"],
-            [_tool(plan.clang, "llc"), "-march=bpf", "-mcpu=v2", "-filetype=obj", "-o", "unit.o", "unit.bc"],
-            [_tool(plan.clang, "llvm-strip"), "-g", "unit.o"],
-        ]
-        for argv in steps:
-            proc = _run(argv, cwd=work)
+        roots = _work_roots(plan.roots, Path(tmp), entry.program)
+        Path(str(roots.source)).write_bytes(text)
+        for argv in render(plan.recipe, roots):
+            proc = _run([tools[argv[0]], *argv[1:]], cwd=Path(tmp))
             if proc.returncode != 0:
                 errors = [line for line in proc.stderr.splitlines() if "error" in line]
                 lines = errors or proc.stderr.splitlines() or ["?"]
                 raise RuntimeCompileError(f"runtime compile of {entry.program} failed: {lines[0].strip()}")
-        return (work / "unit.o").read_bytes()
+        return Path(str(roots.object)).read_bytes()
 
 
 def compile_object(plan: RuntimePlan, entry: Entry, facts: HostFacts) -> tuple[bytes, Path]:
@@ -289,7 +273,7 @@ def compile_object(plan: RuntimePlan, entry: Entry, facts: HostFacts) -> tuple[b
     text = read_source(entry)
     key = hashlib.sha256(json.dumps({
         "source": hashlib.sha256(text).hexdigest(), "release": facts.release,
-        "flags": list(plan.args), "clang": _clang_version(plan.clang),
+        "recipe": recipe_json(plan.recipe), "roots": plan.roots.as_dict(), "clang": _clang_version(plan.clang),
     }, sort_keys=True).encode()).hexdigest()
     cache = _cache_dir()
     name = f"{entry.program}-{key}.o"

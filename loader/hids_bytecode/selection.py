@@ -141,8 +141,8 @@ def _not_built(manifest: Manifest, program: str, facts: HostFacts, debug: bool) 
 
 
 def _runtime_template(entries: list[Entry], facts: HostFacts, debug: bool) -> Entry | None:
-    """An exact entry of the host arch and wanted variant: its flags are the pipeline's flags."""
-    usable = [e for e in entries if e.kind == "exact" and e.arch == facts.arch and e.source_path and e.cflags]
+    """An exact entry of the host arch and wanted variant: its recipe is the pipeline's."""
+    usable = [e for e in entries if e.kind == "exact" and e.arch == facts.arch and e.source_path and "recipe" in e.raw]
     usable.sort(key=lambda e: (e.wrapper != facts.wrapper.wrapper, e.debug != debug))
     return usable[0] if usable else None
 
