@@ -138,7 +138,7 @@ def generate(c, out, name=None):
         "suite": "Debian suite to crawl (repeatable; default: bullseye..sid incl. security/backports)",
         "arch": "x86_64 or aarch64 (repeatable; default: both)",
         "flavour": "kernel flavour: cloud (default), rt, or '' for the generic one",
-        "newest": "only the newest kernel of each suite and arch",
+        "newest": "only the newest kernel of each suite and arch whose packages the pool serves (HTTP HEAD)",
         "write": "refresh this kernels.yaml in place: new kernels added, versions updated, comments kept",
         "prune": "with --write: also remove the kernels the archive no longer serves (default: only report them)",
         "toolchain": "instead of kernels: the versions the toolchain suite serves of kernels.yaml's pinned "
@@ -174,7 +174,11 @@ def discover(c, suite=None, arch=None, flavour="cloud", newest=False, write=None
     if write:
         load_matrix(Path(write))  # a broken file is reported before the crawl, not after
     served = crawler.discover(suites, arches, flavour)
-    candidates = crawler.newest(served) if newest else served
+    candidates = served
+    if newest:  # the newest kernel whose packages the pool serves, not only the index
+        candidates, notes = crawler.newest_served(served)
+        for note in notes:
+            print(note, file=sys.stderr)
     if not write:
         print(crawler.render_yaml(candidates), end="")
         return

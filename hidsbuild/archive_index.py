@@ -17,6 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,11 @@ from debian.deb822 import Packages, Release
 
 from .errors import HeadersUnavailable
 
-__all__ = ["ArchiveError", "SuiteRelease", "fetch", "verified_release", "packages_paragraphs"]
+__all__ = ["ArchiveError", "SuiteRelease", "fetch", "verified_release", "packages_paragraphs", "pool_served"]
 
 _TIMEOUT = 60
+_HEAD_TIMEOUT = 10  # a pool file that takes longer to answer a HEAD counts as not served
+_HEAD_JOBS = 16
 # Packages formats in the order they are preferred: gzip before xz because xz takes three times
 # as long to unpack (2 s a suite here), which is more than the bigger download costs.
 _COMPRESSIONS = ((".gz", gzip.decompress), (".xz", lzma.decompress), ("", bytes))
@@ -53,6 +56,21 @@ def fetch(url: str) -> bytes:
         raise ArchiveError(f"cannot fetch {url}: HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ArchiveError(f"cannot fetch {url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _served(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=_HEAD_TIMEOUT) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def pool_served(urls: list[str]) -> dict[str, bool]:
+    """Whether each file is served now (HTTP HEAD, concurrently): a signed index can still name
+    pool files the mirror no longer has, and only a request tells."""
+    with ThreadPoolExecutor(max_workers=min(_HEAD_JOBS, len(urls)) or 1) as pool:
+        return dict(zip(urls, pool.map(_served, urls), strict=True))
 
 
 def verified_release(mirror: str, suite: str, keyrings: tuple[Path, ...]) -> SuiteRelease:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -23,7 +23,7 @@ from debian.deb822 import Packages
 from debian.debian_support import Version
 from hids_bytecode.arches import ARCHES
 
-from .archive_index import packages_index, packages_paragraphs, verified_release
+from .archive_index import packages_index, packages_paragraphs, pool_served, verified_release
 from .distros.debian import (
     ARCHIVE,
     DEBIAN,
@@ -40,7 +40,7 @@ from .distros.debian import (
 from .errors import ConfigError
 from .kernels import Toolchain, load_matrix
 
-__all__ = ["DEFAULT_SUITES", "Served", "WriteReport", "discover", "kernels_in", "newest", "render_yaml",
+__all__ = ["DEFAULT_SUITES", "Served", "WriteReport", "discover", "kernels_in", "newest", "newest_served", "render_yaml",
            "write_matrix", "served_toolchain", "write_toolchain_pins"]
 
 _DEB_TO_UNAME = {a.debian: a.uname for a in ARCHES.values()}
@@ -54,39 +54,51 @@ class Served:
     release: str
     version: str
     image: str | None = None  # set only when the default linux-image-<release>-unsigned is not served
+    # Pool paths (under the mirror) the index names for this kernel: every header package, and the
+    # image packages to try in order; what `newest_served` asks the pool for.
+    headers_files: tuple[str, ...] = field(default=(), compare=False)
+    image_files: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # (package, pool path)
 
 
-def _real_release(paragraph: Packages) -> str | None:
+def _common_dependency(paragraph: Packages) -> str | None:
+    """The -common package a real kernel's headers depend on; None for metapackages and others."""
     parts = release_parts(paragraph["Package"].removeprefix("linux-headers-"))
     if parts is None or not PATCH_LEVEL.fullmatch(parts[0]):
         return None
     common = common_headers(parts[0])  # -common-rt for the rt flavour
     depends = (alt["name"] for group in paragraph.relations["depends"] or () for alt in group)
-    return paragraph["Package"].removeprefix("linux-headers-") if any(d.startswith(common) for d in depends) else None
+    return next((d for d in depends if d.startswith(common)), None)
 
 
 def kernels_in(index: bytes, suite: str, deb_arch: str, flavour: str = "cloud") -> list[Served]:
     """The newest version of every real kernel release of one flavour in one Packages index."""
     want = flavour_name(flavour, deb_arch)
-    best: dict[str, Version] = {}
+    best: dict[str, tuple[Version, str]] = {}  # release -> (version, its -common package)
     images: set[str] = set()
+    files: dict[tuple[str, str], str] = {}  # (package, version) -> pool path
     for paragraph in packages_paragraphs(index, ("linux-headers-", "linux-image-")):
         name = paragraph["Package"]
+        files[(name, paragraph["Version"])] = paragraph.get("Filename", "")
         if name.startswith("linux-image-"):
             images.add(name)
             continue
-        release = _real_release(paragraph)
-        if release is None or release_parts(release)[1] != want:  # type: ignore[index]
+        common = _common_dependency(paragraph)
+        release = name.removeprefix("linux-headers-")
+        if common is None or release_parts(release)[1] != want:  # type: ignore[index]
             continue
         version = Version(paragraph["Version"])
-        if release not in best or version > best[release]:
-            best[release] = version
+        if release not in best or version > best[release][0]:
+            best[release] = (version, common)
     served = []
-    for release, version in best.items():
+    for release, (version, common) in best.items():
         image = None
         if unsigned_image(release) not in images and signed_image(release) in images:
             image = signed_image(release)
-        served.append(Served(suite, _DEB_TO_UNAME[deb_arch], release, str(version), image))
+        headers = tuple(files.get((name, str(version)), "") for name in (f"linux-headers-{release}", common))
+        tried = [image] if image else [unsigned_image(release), signed_image(release)]
+        image_files = tuple((name, files[(name, str(version))]) for name in tried if files.get((name, str(version))))
+        served.append(Served(suite, _DEB_TO_UNAME[deb_arch], release, str(version), image,
+                             tuple(f for f in headers if f), image_files))
     return sorted(served)
 
 
@@ -111,6 +123,46 @@ def newest(served: Iterable[Served]) -> list[Served]:
         if current is None or (Version(s.version), s.release) > (Version(current.version), current.release):
             best[(s.suite, s.arch)] = s
     return sorted(best.values())
+
+
+def _pool_check(s: Served, mirrors: Mirrors) -> tuple[Served | None, list[str]]:
+    """The kernel as it can be fetched (its image switched to the signed one when only that is in
+    the pool), or None with the pool paths that are not served."""
+    mirror = mirrors.for_suite(s.suite)
+    urls = {f"{mirror}/{path}": path for path in (*s.headers_files, *(path for _, path in s.image_files))}
+    served = pool_served(list(urls))
+    gone = [urls[u] for u in urls if not served[u] and urls[u] in s.headers_files]
+    if gone:
+        return None, gone
+    image = next((name for name, path in s.image_files if served[f"{mirror}/{path}"]), None)
+    if s.image_files and image is None:
+        return None, [path for _, path in s.image_files]
+    default = image is None or image == unsigned_image(s.release)
+    return replace(s, image=None if default else image), []
+
+
+def newest_served(served: Iterable[Served], mirrors: Mirrors | None = None) -> tuple[list[Served], list[str]]:
+    """The newest kernel of each (suite, arch) whose header packages, and image package or its
+    signed fallback, the pool actually serves (an index can name files whose pool URL 404s);
+    with one line for each newer kernel passed over. Pool files are asked with HTTP HEAD."""
+    mirrors = mirrors or host_mirrors()
+    groups: dict[tuple[str, str], list[Served]] = {}
+    for s in served:
+        groups.setdefault((s.suite, s.arch), []).append(s)
+
+    def first_served(candidates: list[Served]) -> tuple[Served | None, list[str]]:
+        notes: list[str] = []
+        for s in sorted(candidates, key=lambda s: (Version(s.version), s.release), reverse=True):
+            usable, gone = _pool_check(s, mirrors)
+            if usable is not None:
+                return usable, notes
+            notes.append(f"{s.suite}/{s.arch}: passed over {s.release} {s.version}: the pool does not serve "
+                         f"{', '.join(path.rsplit('/', 1)[-1] for path in gone)}")
+        return None, notes + [f"{candidates[0].suite}/{candidates[0].arch}: no kernel whose packages the pool serves"]
+
+    with ThreadPoolExecutor(max_workers=min(_WORKERS, len(groups)) or 1) as pool:
+        results = list(pool.map(first_served, groups.values()))
+    return sorted(s for s, _ in results if s is not None), [note for _, notes in results for note in notes]
 
 
 def _item_lines(s: Served, dash: str, indent: str) -> list[str]:

@@ -24,8 +24,24 @@ import pytest
 from conftest import ROOT, SHARED_CACHE
 
 from hidsbuild.apt import PackageRef, PrivateApt
-from hidsbuild.archive_index import ArchiveError, fetch, packages_index, packages_paragraphs, verified_release
-from hidsbuild.discover import DEFAULT_SUITES, Served, discover, kernels_in, newest, render_yaml, write_matrix
+from hidsbuild.archive_index import (
+    ArchiveError,
+    fetch,
+    packages_index,
+    packages_paragraphs,
+    pool_served,
+    verified_release,
+)
+from hidsbuild.discover import (
+    DEFAULT_SUITES,
+    Served,
+    discover,
+    kernels_in,
+    newest,
+    newest_served,
+    render_yaml,
+    write_matrix,
+)
 from hidsbuild.distros.debian import ARCHIVE, Mirrors, host_mirrors
 from hidsbuild.errors import ConfigError, HeadersUnavailable
 from hidsbuild.kernels import load_matrix
@@ -193,6 +209,68 @@ def test_missing_index_names_the_url(archive, keys) -> None:
     _, mirrors = archive
     with pytest.raises(ArchiveError, match=r"cannot fetch http://127\.0\.0\.1:\d+/dists/nosuch/InRelease: HTTP 404"):
         verified_release(mirrors.debian, "nosuch", (keys["archive"][1],))
+
+
+# --- --newest asks the pool, not only the index ---------------------------------------------------
+
+def _two_sid_kernels() -> bytes:
+    """SID's index plus an older 7.2.12 build of the cloud kernel (its headers, -common and image)."""
+    older = [p.replace(b"7.2.13+deb14", b"7.2.12+deb14").replace(b"7.2.13-1", b"7.2.12-1") for p in SID.split(b"\n\n")
+             if p.startswith((b"Package: linux-headers-7.2.13+deb14-cloud-amd64\n",
+                              b"Package: linux-headers-7.2.13+deb14-common\n",
+                              b"Package: linux-image-7.2.13+deb14-cloud-amd64\n"))]
+    assert len(older) == 3
+    return SID.rstrip(b"\n") + b"\n\n" + b"\n\n".join(older) + b"\n"
+
+
+def _pool(root: Path, release: str, version: str, image: bool = True) -> None:
+    names = [f"linux-headers-{release}_{version}_amd64.deb", f"linux-headers-{release.split('-cloud')[0]}-common_{version}_all.deb"]
+    for name in names:
+        (root / "pool/main/l/linux").mkdir(parents=True, exist_ok=True)
+        (root / "pool/main/l/linux" / name).write_bytes(b"deb")
+    if image:
+        (root / "pool/main/l/linux-signed-amd64").mkdir(parents=True, exist_ok=True)
+        (root / "pool/main/l/linux-signed-amd64" / f"linux-image-{release}_{version}_amd64.deb").write_bytes(b"deb")
+
+
+def test_newest_passes_over_a_kernel_whose_pool_files_404(archive, keys) -> None:
+    root, mirrors = archive
+    make_suite(root, "sid", {"amd64": _two_sid_kernels()}, keys["archive"][0])
+    served = discover(["sid"], ["x86_64"], mirrors=mirrors, keyrings=(keys["archive"][1],))
+    assert [s.release for s in newest(served)] == ["7.2.13+deb14-cloud-amd64"]  # the index alone says so
+    _pool(root, "7.2.12+deb14-cloud-amd64", "7.2.12-1")
+    _pool(root, "7.2.13+deb14-cloud-amd64", "7.2.13-1", image=False)  # headers there, no image to boot
+    chosen, notes = newest_served(served, mirrors)
+    assert [(s.release, s.version, s.image) for s in chosen] == [
+        ("7.2.12+deb14-cloud-amd64", "7.2.12-1", "linux-image-7.2.12+deb14-cloud-amd64")]
+    assert notes == ["sid/x86_64: passed over 7.2.13+deb14-cloud-amd64 7.2.13-1: the pool does not serve "
+                     "linux-image-7.2.13+deb14-cloud-amd64_7.2.13-1_amd64.deb"]
+    _pool(root, "7.2.13+deb14-cloud-amd64", "7.2.13-1")
+    assert [s.release for s in newest_served(served, mirrors)[0]] == ["7.2.13+deb14-cloud-amd64"]
+    shutil.rmtree(root / "pool")
+    assert newest_served(served, mirrors) == ([], [
+        "sid/x86_64: passed over 7.2.13+deb14-cloud-amd64 7.2.13-1: the pool does not serve "
+        "linux-headers-7.2.13+deb14-cloud-amd64_7.2.13-1_amd64.deb, linux-headers-7.2.13+deb14-common_7.2.13-1_all.deb",
+        "sid/x86_64: passed over 7.2.12+deb14-cloud-amd64 7.2.12-1: the pool does not serve "
+        "linux-headers-7.2.12+deb14-cloud-amd64_7.2.12-1_amd64.deb, linux-headers-7.2.12+deb14-common_7.2.12-1_all.deb",
+        "sid/x86_64: no kernel whose packages the pool serves"])
+
+
+def test_real_archive_newest_is_a_kernel_the_pool_serves() -> None:
+    """bullseye-security's index names linux-6.1 backports whose pool files 404 (kernels.yaml's
+    header says so): --newest must pass over them, and every kernel it passes over must really 404."""
+    served = discover(["bullseye-security"], ["x86_64", "aarch64"])
+    chosen, notes = newest_served(served)
+    mirror = host_mirrors().security
+    for s in chosen:
+        assert all(pool_served([f"{mirror}/{f}" for f in s.headers_files]).values())
+    passed = [s for s in served if any(f"passed over {s.release} {s.version}:" in n for n in notes)]
+    assert passed, notes  # the archive's state when this was written: the 6.1 backports 404
+    for s in passed:
+        assert not all(pool_served([f"{mirror}/{f}" for f in (*s.headers_files, *(p for _, p in s.image_files))]).values())
+    by_arch = {s.arch: s for s in chosen}
+    if "x86_64" in by_arch:
+        assert by_arch["x86_64"].release.startswith("5.10.0-")
 
 
 # --- --write: the matrix refreshed by editing its text -----------------------------------------
