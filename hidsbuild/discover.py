@@ -40,7 +40,7 @@ from .distros.debian import (
 from .errors import ConfigError
 from .kernels import Toolchain, load_matrix
 
-__all__ = ["DEFAULT_SUITES", "Served", "WriteReport", "discover", "kernels_in", "newest", "newest_served", "render_yaml",
+__all__ = ["DEFAULT_SUITES", "Served", "WriteReport", "discover", "kernels_in", "newest_served", "render_yaml",
            "write_matrix", "served_toolchain", "write_toolchain_pins"]
 
 _DEB_TO_UNAME = {a.debian: a.uname for a in ARCHES.values()}
@@ -113,16 +113,6 @@ def discover(suites: Iterable[str], arches: Iterable[str], flavour: str = "cloud
         jobs = [(release, a) for release in releases for a in deb_arches]
         found = pool.map(lambda job: kernels_in(packages_index(job[0], job[1]), job[0].suite, job[1], flavour), jobs)
         return sorted(s for batch in found for s in batch)
-
-
-def newest(served: Iterable[Served]) -> list[Served]:
-    """Only the newest kernel of each (suite, arch)."""
-    best: dict[tuple[str, str], Served] = {}
-    for s in served:
-        current = best.get((s.suite, s.arch))
-        if current is None or (Version(s.version), s.release) > (Version(current.version), current.release):
-            best[(s.suite, s.arch)] = s
-    return sorted(best.values())
 
 
 def _pool_check(s: Served, mirrors: Mirrors) -> tuple[Served | None, list[str]]:
