@@ -169,13 +169,16 @@ def watch(program: str, options: Options = Options(), facts: HostFacts | None = 
 
 
 def stream(programs: list[str] | None = None, format: str = "raw", options: Options = Options(),
-           facts: HostFacts | None = None, window_ms: int = 50, lost_records: bool = True) -> Stream:
+           facts: HostFacts | None = None, window_ms: int = 50, lost_records: bool = True,
+           reader: str = "auto") -> Stream:
     """Events of several programs (default: every program of the manifest) from this process, as
     `raw`, `ecs` or `ocsf` dicts, merged in timestamp order within `window_ms` (eventstream.py).
+    `reader`: ring buffers read through their mmap ("mmap", the default on x86_64) or libbpf's
+    ring_buffer ("libbpf").
 
         with stream(["process", "file"], format="ecs") as s:
             for event in s: ...          # s.counters(), s.lost, s.sources
     """
     from .eventstream import Stream
-    return Stream(programs, format, options, facts or host_facts(options), window_ms, lost_records)
+    return Stream(programs, format, options, facts or host_facts(options), window_ms, lost_records, reader)
 

@@ -2,10 +2,12 @@
 
 Each program is read from its pins when loaded (this process then holds every such program's
 consumer lock, docs/PINS.md, and writes its own tgid into each `config`, cleared on close), else
-loaded and attached for the stream's lifetime. Each ring buffer gets a libbpf `ring_buffer`, each
-perf buffer (kernels < 5.8) a `perf_buffer`, and one epoll waits on all of them. A round reads at
-most _BUDGET records per ring (libbpf stops when the callback says so), so a flooded ring can
-neither starve the others nor keep the process inside libbpf, where signals are held, for long.
+loaded and attached for the stream's lifetime. On x86_64 each ring buffer is read through its
+own mmap (ringbuf.py: records decoded in place by a function compiled for their layout,
+btf_layout.py, with no C callback per record); elsewhere it gets a libbpf `ring_buffer`, as each
+perf buffer (kernels < 5.8) gets a `perf_buffer`; one epoll waits on all of them. A round reads at
+most _BUDGET records per ring, so a flooded ring can neither starve the others nor keep the
+process inside libbpf, where signals are held, for long.
 
 Ordering: each ring delivers its events in the order they were committed. The stream merges the
 rings by the kernel timestamp (`hdr.ts_ns`, CLOCK_MONOTONIC): an event is held until it is
@@ -22,10 +24,13 @@ and picked up again when it is loaded again: agents survive `unload` + `load`. C
 from __future__ import annotations
 
 import ctypes
-import heapq
+import itertools
+import math
 import os
 import select
-from collections.abc import Iterator
+import struct
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,12 +45,17 @@ from .identity import CgroupResolver, host_name
 from .manifest import load_manifest
 from .mounts import ensure_bpf_filesystems
 from .pins import PinTree, check_name, locked_tree, pin_dir
+from .ringbuf import MMAP_SAFE, RingReader
 from .schema_map import FORMATS, SCHEMA_VERSION, convert
 from .walltime import WallClock, rfc3339
 
-__all__ = ["Stream", "Source", "Event"]
+__all__ = ["Stream", "Source", "Event", "READERS"]
 
 Event = dict[str, Any]
+Accept = Callable[[Any, int, int], None]  # (buffer, offset, length) of one record
+READERS = ("auto", "mmap", "libbpf")  # how ring buffers are read: auto is mmap where it is safe
+_MAX_CONTAINERS = 4096
+_TYPE = struct.Struct("=I")  # hdr.type, a record's first member
 _PERF_PAGES = 64
 _POLL_MS = 20
 _BUDGET = 2048  # records per ring per round
@@ -91,10 +101,14 @@ class Stream:
     """Iterate to get events (dicts in `format`); use as a context manager, or call close()."""
 
     def __init__(self, programs: list[str] | None = None, format: str = "raw", options: Any = None,
-                 facts: HostFacts | None = None, window_ms: int = 50, lost_records: bool = True) -> None:
+                 facts: HostFacts | None = None, window_ms: int = 50, lost_records: bool = True,
+                 reader: str = "auto") -> None:
         from . import api  # api imports this module for watch(); resolved at call time
         if format not in FORMATS:
             raise InvalidArgument(f"unknown format {format!r}: one of {', '.join(FORMATS)}")
+        if reader not in READERS:
+            raise InvalidArgument(f"unknown ring reader {reader!r}: one of {', '.join(READERS)}")
+        self.mmap_rings = reader == "mmap" or (reader == "auto" and MMAP_SAFE)
         self.options = options or api.Options()
         self.format = format
         self.window_ns = max(0, window_ms) * 1_000_000
@@ -108,10 +122,12 @@ class Stream:
         self._host = host_name()
         self._sources: dict[str, Source] = {}
         self._schemas: dict[str, Schema] = {}
-        self._pending: list[tuple[int, int, Event]] = []
+        self._pending: list[tuple[int, int, Event]] = []  # (ts, arrival, event), sorted when released
         self._ready: list[Event] = []
-        self._seq = 0
+        self._seq = itertools.count()
+        self._containers: dict[int, dict[str, str] | None] = {}
         self._buffers: list[tuple[int, Any, Any]] = []  # (handle, consume, free)
+        self._rings: list[tuple[RingReader, Accept]] = []
         self._taken = 0  # records read from the ring being consumed, this round
         self._backlog = False  # a ring had more than a round's budget
         self._callbacks: list[Any] = []
@@ -201,8 +217,15 @@ class Stream:
         lib = self._lib
         self._epoll = select.epoll()
         for source in self._sources.values():
-            kind = map_info(lib, source.events_fd).type
-            if kind == RINGBUF:
+            info = map_info(lib, source.events_fd)
+            kind = info.type
+            if kind == RINGBUF and self.mmap_rings:
+                try:
+                    self._rings.append((RingReader(source.events_fd, info.max_entries), self._acceptor(source)))
+                except OSError as exc:
+                    raise LoadError(f"cannot map the ring buffer of {source.program}: {exc.strerror or exc}") from None
+                self._epoll.register(source.events_fd, select.EPOLLIN)  # readable while records wait
+            elif kind == RINGBUF:
                 callback = lb.RINGBUF_SAMPLE_FN(self._on_ring(source))
                 self._callbacks.append(callback)
                 with interrupts.deferred():
@@ -228,6 +251,9 @@ class Stream:
         with interrupts.deferred():
             for handle, _, free in self._buffers:
                 free(handle)
+        for ring, _ in self._rings:
+            ring.close()
+        self._rings = []
         self._buffers = []
         self._callbacks = []
         if self._epoll is not None:
@@ -235,15 +261,19 @@ class Stream:
             self._epoll = None
 
     def _on_ring(self, source: Source) -> Any:
+        accept = self._acceptor(source)
+
         def on_sample(_ctx: int, data: int, size: int) -> int:
-            self._accept(source, ctypes.string_at(data, size))
+            accept(ctypes.string_at(data, size), 0, size)
             self._taken += 1
             return -_EAGAIN if self._taken >= _BUDGET else 0  # < 0: libbpf stops after this record
         return on_sample
 
     def _on_perf(self, source: Source) -> Any:
+        accept = self._acceptor(source)
+
         def on_sample(_ctx: int, _cpu: int, data: int, size: int) -> None:
-            self._accept(source, ctypes.string_at(data, size))
+            accept(ctypes.string_at(data, size), 0, size)
         return on_sample
 
     def _on_perf_lost(self, source: Source) -> Any:
@@ -252,26 +282,40 @@ class Stream:
         return on_lost
 
     # ------------------------------------------------------------------------------ events
-    def _accept(self, source: Source, data: bytes) -> None:
+    def _acceptor(self, source: Source) -> Accept:
+        """The per-record work of `source`, with what it needs bound once: decode in place and add
+        time, program, schema version and host (one compiled function per layout, btf_layout.py),
+        add the container, queue for the merge."""
         assert source.schema is not None  # _open_all sets it before any buffer is polled
-        record = source.schema.decode(data)
-        hdr = record.get("hdr")
-        ts = hdr.get("ts_ns", 0) if isinstance(hdr, dict) else 0
-        self._enrich(record, source.program, ts)
-        self._seq += 1
-        heapq.heappush(self._pending, (ts, self._seq, record))
+        schema, clock, program, host = source.schema, self._clock, source.program, self._host
+        compiled = {t: (layout.stream, layout.size) for t, layout in schema.events.items() if layout.stream is not None}
+        type_at, pending, seq = _TYPE.unpack_from, self._pending, self._seq
+        containers, container_of = self._containers, self._container
 
-    def _enrich(self, record: Event, program: str, ts: int) -> None:
-        wall = self._clock.wall_ns(ts)
-        record["time_ns"] = wall
-        record["time"] = rfc3339(wall)
-        record["program"] = program
-        record["schema_version"] = SCHEMA_VERSION
-        record["host"] = {"name": self._host}
-        hdr = record.get("hdr")
-        container = self._cgroups.container(hdr.get("cgroup_id", 0)) if isinstance(hdr, dict) else None
-        if container is not None:
-            record["container"] = {"id": container.id, **({"runtime": container.runtime} if container.runtime else {})}
+        def accept(buffer: Any, offset: int, length: int) -> None:
+            found = compiled.get(type_at(buffer, offset)[0]) if length >= 4 else None
+            if found is not None and length >= found[1]:
+                ts, cgroup, record = found[0](buffer, offset, clock.offset_ns, rfc3339, program, SCHEMA_VERSION, host)
+            else:  # an unknown type, a short record, a layout without a compiled function
+                ts, cgroup, record = schema.stream_at(buffer, offset, length, clock.offset_ns, rfc3339, program,
+                                                      SCHEMA_VERSION, host)
+            if cgroup:
+                container = containers[cgroup] if cgroup in containers else container_of(cgroup)
+                if container is not None:
+                    record["container"] = dict(container)
+            pending.append((ts, next(seq), record))
+        return accept
+
+    def _container(self, cgroup_id: int) -> dict[str, str] | None:
+        """The container a cgroup id belongs to, as the record's `container`; remembered per id
+        (ids are never reused while the kernel runs)."""
+        if cgroup_id not in self._containers:
+            if len(self._containers) >= _MAX_CONTAINERS:
+                self._containers.clear()
+            found = self._cgroups.container(cgroup_id)
+            self._containers[cgroup_id] = None if found is None else {
+                "id": found.id, **({"runtime": found.runtime} if found.runtime else {})}
+        return self._containers[cgroup_id]
 
     def _report_lost(self, program: str, kind: str, count: int, extra: dict[str, Any]) -> None:
         self.lost[(program, kind)] = self.lost.get((program, kind), 0) + count
@@ -282,9 +326,18 @@ class Stream:
                                 "host": {"name": self._host}, **extra})
 
     def _release(self, flush: bool = False) -> None:
-        horizon = WallClock.now_ktime_ns() - self.window_ns
-        while self._pending and (flush or self._pending[0][0] <= horizon):
-            self._ready.append(convert(heapq.heappop(self._pending)[2], self.format))
+        """Events older than the window, in timestamp order (arrival order among equals). Each
+        ring's events arrive nearly sorted, so sorting the pending list is close to linear."""
+        pending = self._pending
+        if not pending:
+            return
+        pending.sort()  # (ts, arrival) are unique: events themselves are never compared
+        cut = len(pending) if flush else bisect_right(pending, (WallClock.now_ktime_ns() - self.window_ns, math.inf))
+        if self.format == "raw":
+            self._ready.extend([item[2] for item in pending[:cut]])
+        else:
+            self._ready.extend([convert(item[2], self.format) for item in pending[:cut]])
+        del pending[:cut]
 
     def __iter__(self) -> Iterator[Event]:
         """Events as they become due, forever (until close())."""
@@ -299,15 +352,19 @@ class Stream:
 
     def poll(self, timeout_ms: int = _POLL_MS) -> None:
         """Wait up to `timeout_ms` for events, drain every buffer, release what is due."""
-        if self._epoll is not None and self._buffers:
+        if self._epoll is not None and (self._buffers or self._rings):
             self._epoll.poll(0 if self._backlog else timeout_ms / 1000)
             self._backlog = False
-            # The sample callbacks run inside consume: a signal is held until it returns (interrupts.py).
+            # Records are taken whole: a signal is held until the round ends (interrupts.py), and
+            # inside libbpf's consume it could not act anyway.
             with interrupts.deferred():
+                for ring, accept in self._rings:
+                    if ring.consume(accept, _BUDGET)[1]:  # the budget ran out: more is waiting in that ring
+                        self._backlog = True
                 for handle, consume, _ in self._buffers:
                     self._taken = 0
                     rc = consume(handle)
-                    if rc == -_EAGAIN:  # the budget ran out: more is waiting in that ring
+                    if rc == -_EAGAIN:
                         self._backlog = True
                     elif rc < 0 and rc != -4:  # -EINTR: consume again next round
                         raise LoadError(f"reading events failed: {self._lib.strerror(rc)}")
@@ -375,6 +432,9 @@ class Stream:
                 source.dropped = {}
 
     def _drain(self) -> None:
+        for ring, accept in self._rings:
+            while ring.consume(accept, _BUDGET)[1]:
+                pass
         for handle, consume, _ in self._buffers:
             self._taken = 0
             consume(handle)

@@ -1,0 +1,94 @@
+"""A BPF ring buffer read through its own mmap, without a C callback per record.
+
+The kernel lays a RINGBUF map out as (kernel/bpf/ringbuf.c, libbpf's ringbuf.c): at offset 0 the
+consumer page, which the reader maps read-write and whose first word is the consumer position;
+at one page the producer page (read-only, first word the producer position) followed by the data
+pages, mapped twice in a row so a record that wraps is still contiguous. A record is an 8-byte
+header (u32 length with the BUSY bit 31 while it is being written and the DISCARD bit 30, u32
+page offset) and its bytes, padded to 8. Positions only grow; `pos & mask` is the offset.
+
+The reader hands each committed record's offset and length to a function that decodes it in
+place, then publishes the new consumer position (one aligned 8-byte store through a memoryview:
+the kernel sees the space free and never a torn value). Loads need acquire ordering (position,
+then length, then data): x86_64's memory model gives that to plain loads, so this reader is used
+there; other architectures keep libbpf's ring_buffer (eventstream.py).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+from collections.abc import Callable
+
+__all__ = ["RingReader", "MMAP_SAFE", "BUSY", "DISCARD"]
+
+BUSY = 1 << 31
+DISCARD = 1 << 30
+_HDR = 8
+MMAP_SAFE = platform.machine() in ("x86_64", "AMD64")  # total store order: plain loads are acquires
+
+Accept = Callable[[memoryview, int, int], None]  # (data, offset of the record's bytes, length)
+
+
+class RingReader:
+    """The ring of the RINGBUF map `fd` (of `max_entries` bytes, a power of two)."""
+
+    def __init__(self, fd: int, max_entries: int) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        self.size = max_entries
+        self.mask = max_entries - 1
+        self._consumer_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        try:
+            self._data_map = mmap.mmap(fd, page + 2 * max_entries, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        except BaseException:
+            self._consumer_map.close()
+            raise
+        self._consumer = memoryview(self._consumer_map).cast("Q")
+        self._producer = memoryview(self._data_map)[:8].cast("Q")
+        self._data = memoryview(self._data_map)[page:]
+        self._header = self._data.cast("I")  # u32 view: the length word of the record at offset o is [o // 4]
+
+    @property
+    def consumer_pos(self) -> int:
+        return int(self._consumer[0])
+
+    @property
+    def producer_pos(self) -> int:
+        return int(self._producer[0])
+
+    def pending(self) -> int:
+        """Bytes committed or being written that the consumer has not passed yet."""
+        return self.producer_pos - self.consumer_pos
+
+    def consume(self, accept: Accept, budget: int) -> tuple[int, bool]:
+        """Hand up to `budget` committed records to `accept`; (records handed, more waiting).
+
+        The consumer position is published after each record, as libbpf does, so the kernel can
+        reuse the space at once; a record still being written (BUSY) ends the round."""
+        consumer, header, data, mask = self._consumer, self._header, self._data, self.mask
+        pos = consumer[0]
+        producer = self._producer[0]
+        taken = 0
+        while pos < producer:
+            if taken >= budget:
+                return taken, True
+            offset = pos & mask
+            length = header[offset >> 2]
+            if length & BUSY:
+                return taken, False
+            size = length & ~(BUSY | DISCARD)
+            if not length & DISCARD:
+                accept(data, offset + _HDR, size)
+                taken += 1
+            pos += (size + _HDR + 7) & ~7
+            consumer[0] = pos
+            if pos >= producer:
+                producer = self._producer[0]  # more may have been committed meanwhile
+        return taken, False
+
+    def close(self) -> None:
+        for view in (self._header, self._data, self._producer, self._consumer):
+            view.release()
+        self._data_map.close()
+        self._consumer_map.close()
