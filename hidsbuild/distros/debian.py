@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ..kernels import Kernel
 
 __all__ = ["DEBIAN", "ARCHIVE", "Mirrors", "host_mirrors", "keyrings", "release_parts", "flavour_name", "PATCH_LEVEL",
-           "PACKAGE", "PACKAGE_WHAT", "SUITE", "SUITE_WHAT", "VERSION_SYNTAX", "DEFAULT_SUITES"]
+           "PACKAGE", "PACKAGE_WHAT", "SUITE", "SUITE_WHAT", "VERSION_SYNTAX", "DEFAULT_SUITES", "RELEASE",
+           "common_headers", "unsigned_image", "signed_image", "image_parts"]
 
 # A release as uname -r prints it; lower case and no '~' because it is part of package names.
 RELEASE = re.compile(r"(?P<abi>\d+\.\d+[0-9a-z.+-]*?)-(?P<flavour>(?:cloud-|rt-)?(?:amd64|arm64))")
