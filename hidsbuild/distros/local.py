@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,15 +60,15 @@ def fingerprint(directory: Path) -> str:
     """sha256 of every entry's relative path, type, size, mtime and link target under `directory`:
     what changes when the user edits, adds or replaces a file, read without hashing contents."""
     h = hashlib.sha256()
-    for base, dirs, files in os.walk(directory):
+    for base, dirs, files in os.walk(directory):  # os.walk lists links to directories but does not enter them
         dirs.sort()
+        rel = os.path.relpath(base, directory)
         for name in sorted(dirs + files):
-            path = Path(base) / name
-            st = path.lstat()
-            link = os.readlink(path) if path.is_symlink() else ""
-            h.update(f"{path.relative_to(directory)}\0{st.st_mode >> 12}\0{st.st_size}\0{st.st_mtime_ns}\0{link}\n"
+            path = os.path.join(base, name)
+            st = os.lstat(path)
+            link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+            h.update(f"{rel}/{name}\0{st.st_mode >> 12}\0{st.st_size}\0{st.st_mtime_ns}\0{link}\n"
                      .encode(errors="surrogateescape"))
-        dirs[:] = [d for d in dirs if not (Path(base) / d).is_symlink()]
     return h.hexdigest()
 
 
