@@ -215,7 +215,8 @@ def run_verify(opts: VerifyOptions) -> list[KernelResult]:
         raise VerifyFailed(f"no hids_bytecode wheel in {opts.dist}: run `invoke build-all` first")
     sites = {arch: _site(wheel, opts.cache) for arch, wheel in wheels.items()}
     # apt reads relative Dir:: options against /, not the working directory.
-    apt = PrivateApt(opts.cache.resolve() / "verify" / "apt", [k.suite for k in kernels], [k.deb_arch for k in kernels])
+    served = [k for k in kernels if k.packaging.archive is not None]  # a local kernel has no image to fetch
+    apt = PrivateApt(opts.cache.resolve() / "verify" / "apt", [k.suite for k in served], [k.deb_arch for k in served])
     jobs = max(1, min(opts.jobs or os.cpu_count() or 1, len(kernels)))
     with tempfile.TemporaryDirectory(prefix="hids-initrd-") as scratch:
         guests = []
