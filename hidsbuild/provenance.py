@@ -2,7 +2,8 @@
 
 It names every input of the objects in the wheel (index.json's `inputs`: the matrix file's hash,
 the toolchain recipe hash and its exact Debian package versions, each header package with the
-sha256 apt's signed index gave it, each stitched source), each unit's compiler arguments, and the
+sha256 apt's signed index gave it, or for a user's header tree its directory and the sha256
+of its file-by-file record; each stitched source), each unit's compiler arguments, and the
 project's git commit with a dirty flag. Its subjects are every file the package ships besides the
 manifest, the signature and itself, so one signature over the manifest (which names this file
 and its sha256) covers code, objects, sources and provenance alike. No clock is read: a build
@@ -57,10 +58,17 @@ def _dependencies(inputs: Mapping[str, Any] | None, git: Mapping[str, Any], repo
         deps.append({"uri": f"pkg:deb/debian/{name}@{version}?distro={tc['suite']}",
                      "annotations": {"role": "toolchain package"}})
     for h in inputs["headers"]:
-        deps.append({"uri": f"pkg:deb/debian/{h['name']}@{h['version']}?arch={h['arch']}",
-                     "digest": {"sha256": h["sha256"]} if h.get("sha256") else {},
-                     "annotations": {"role": "kernel headers",
-                                     **{k: h[k] for k in ("suite", "filename", "size") if k in h}}})
+        digest = {"sha256": h["sha256"]} if h.get("sha256") else {}
+        if h.get("distro", "debian") == "debian":
+            deps.append({"uri": f"pkg:deb/debian/{h['name']}@{h['version']}?arch={h['arch']}", "digest": digest,
+                         "annotations": {"role": "kernel headers",
+                                         **{k: h[k] for k in ("suite", "filename", "size") if k in h}}})
+        else:
+            # Headers the user supplied (distros.local): no package URL names them; the digest is
+            # that of the tree's file-by-file record, taken when the directory was copied in.
+            deps.append({"name": f"{h['name']} from {h.get('source', '?')}", "digest": digest,
+                         "annotations": {"role": "kernel headers", "distro": h["distro"], "version": h["version"],
+                                         "arch": h["arch"]}})
     for program, sha in sorted(inputs["sources"].items()):
         deps.append({"name": f"stitched source of {program}", "digest": {"sha256": sha},
                      "annotations": {"role": "source"}})
