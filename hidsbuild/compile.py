@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import threading
@@ -35,6 +36,7 @@ from .validate import InvalidObject, validate_object
 __all__ = ["Job", "Outcome", "run_batch"]
 
 _POLL_SECONDS = 0.1
+_TIMES = re.compile(r"(\d+)m([\d.]+)s")
 log = logging.getLogger("hidsbuild")
 
 
@@ -58,6 +60,7 @@ class Outcome:
     error: str = ""
     object: CachedObject | None = field(default=None, repr=False)
     pch: bool = False  # compiled with a precompiled header
+    step_cpu: dict[str, float] = field(default_factory=dict)  # tool (or "pch": a share) -> CPU seconds
 
 
 def _finish(job: Job, out: Path, image: ToolchainImage, cache: ObjectCache) -> Outcome:
@@ -87,7 +90,33 @@ def _finish(job: Job, out: Path, image: ToolchainImage, cache: ObjectCache) -> O
         "compile_ns": compile_ns,
         "warnings": stderr.strip(),
     }
-    return Outcome(job, "built", compile_ns, object=cache.put(job.key, data, meta), pch=how == "pch")
+    return Outcome(job, "built", compile_ns, object=cache.put(job.key, data, meta), pch=how == "pch",
+                   step_cpu=_step_cpu(job, out, how == "pch"))
+
+
+def _children_cpu(path: Path) -> list[float]:
+    """The children's CPU seconds of each `times` output in `path` ("0m0.01s 0m0.00s" for the
+    shell, then the same for its children); empty if there is none."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    return [sum(int(m) * 60 + float(s) for m, s in _TIMES.findall(child)) for child in lines[1::2]]
+
+
+def _step_cpu(job: Job, out: Path, pch: bool) -> dict[str, float]:
+    """CPU seconds per tool of the unit's steps (compile_unit.sh notes `times` before and after
+    each), and with a shared header the unit's share of that header's precompile."""
+    seen = _children_cpu(out / "cpu")
+    if len(seen) != len(job.recipe) + 1:
+        return {}
+    spent: dict[str, float] = {}
+    for step, before, after in zip(job.recipe, seen[:-1], seen[1:], strict=True):
+        spent[step.tool] = spent.get(step.tool, 0.0) + after - before
+    header = out.parent / "pch" / (out / "pch").read_text() if pch else None
+    if header is not None and _children_cpu(header / "cpu"):
+        spent["pch"] = _children_cpu(header / "cpu")[0] / int((header / "users").read_text())
+    return spent
 
 
 def _shared_headers(jobs: list[Job], sources: Path) -> dict[int, SharedHeader]:
@@ -100,9 +129,11 @@ def _shared_headers(jobs: list[Job], sources: Path) -> dict[int, SharedHeader]:
 
 
 def _write_headers(workdir: Path, headers: dict[int, SharedHeader]) -> None:
+    users = Counter(h.id for h in headers.values())
     for header in {h.id: h for h in headers.values()}.values():
         path = workdir / "pch" / header.id
         path.mkdir(parents=True)
+        (path / "users").write_text(f"{users[header.id]}\n")
         (path / "header.h").write_text(header.text)
         (path / "args").write_text("\n".join(header.args) + "\n")
         (path / "excluded").write_text("\n".join(PCH_EXCLUDED_MACROS) + "\n")

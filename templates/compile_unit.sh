@@ -1,12 +1,14 @@
 #!/bin/sh
 # Compiles one unit inside the toolchain container by running its `steps`: the argv lists that
 # hidsbuild/compile.py rendered from the unit's compile recipe (loader/hids_bytecode/recipe.py),
-# one shell-quoted command per line. Writes the compiler's stderr and the pure compile time (ns)
-# under /out/<unit>/ (`result`: status, ns, pch|plain); a failure in any step fails the unit.
+# one shell-quoted command per line. Writes the compiler's stderr, the pure compile time (ns) and
+# the CPU time after each step under /out/<unit>/ (`result`: status, ns, pch|plain; `cpu`); a
+# failure in any step fails the unit.
 # Usage: compile_unit.sh UNIT_DIR   (UNIT_DIR holds `steps`, and optionally `pch`: the id of a
 #                                    shared header built below, and `steps.pch`: the steps reading it)
 #        compile_unit.sh --pch ID   (/out/pch/ID holds `header.h`, `args` and `excluded`:
-#                                    precompiles the header to /tmp/pch/ID.pch; see docs/DESIGN.md)
+#                                    precompiles the header to /tmp/pch/ID.pch, writes `result`
+#                                    and `cpu` there; see docs/DESIGN.md)
 # A unit whose PCH is missing or fails compiles without it: the PCH only saves time, the
 # object is the same either way.
 set -u
@@ -29,6 +31,7 @@ if [ "$1" = "--pch" ]; then
   fi
   [ "$status" = 0 ] && mv "$pch.tmp" "$pch"
   end=$(date +%s%N)
+  times > "$dir/cpu"
   rm -f "$pch.tmp"
   echo "$status $((end - start))" > "$dir/result.tmp" && mv "$dir/result.tmp" "$dir/result"
   exit 0
@@ -42,8 +45,12 @@ if [ ! -f "$out/pch" ] || [ ! -f "/tmp/pch/$(cat "$out/pch").pch" ]; then
 fi
 
 run() {  # a steps file: each line one command, its words quoted by the host
+  # `times` (a builtin: no process) before and after each step gives the CPU its tools used
+  # (children's user and system time, the second line), for the bench's profile.
+  times > "$out/cpu"
   while IFS= read -r step; do
     eval "$step" || return $?
+    times >> "$out/cpu"
   done < "$out/$1"
 }
 

@@ -70,6 +70,10 @@ def _assert_identical(matrix: Path, tmp: Path) -> None:
     plain, plain_result = _build(matrix, tmp, pch=False)
     built = [o for o in result.outcomes if o.status == "built"]
     assert built and all(o.pch for o in built), "every unit must have been compiled through the PCH"
+    # Each step of the recipe reports the CPU its tool used, and each unit its share of the
+    # shared header's precompile (the bench's profile).
+    assert all(set(o.step_cpu) == {"pch", "clang", "llc", "llvm-strip"} and o.step_cpu["clang"] > 0 for o in built)
+    assert all(o.step_cpu["pch"] > 0 for o in built)
     assert all(ns > 0 for ns in result.pch_ns.values())
     assert not any(o.pch for o in plain_result.outcomes) and not any(plain_result.pch_ns.values())
     assert with_pch == plain
