@@ -228,12 +228,13 @@ def _discover_toolchain(matrix: Path, write: bool) -> None:
         "calls": "in-process select() calls (default: 1000)",
         "scaling": "kernel counts for the scaling figure, comma-separated; counts beyond the matrix add kernels the "
                    "archive serves (kernels.discover, newest first) (default: 1,2,4,8,16)",
-        "only": "comma-separated sections to run: build, wheel, loader, discover (default: all)",
+        "only": "comma-separated sections to run: build, wheel, loader, events, discover (default: all; loader "
+                "and events without wheel use the newest wheel in --dist)",
     }
 )
 @_reported
 def bench(c, matrix=str(DEFAULT_MATRIX), cache_dir=str(DEFAULT_CACHE), dist=str(DEFAULT_DIST), runs=3, calls=1000,
-          scaling="1,2,4,8,16", only="build,wheel,loader,discover"):
+          scaling="1,2,4,8,16", only="build,wheel,loader,events,discover"):
     """Measure build throughput, caching, wheel size and loader latency; print figures and write dist/bench.json."""
     from hidsbuild.bench import run_bench
 

@@ -213,3 +213,25 @@ def test_mmap_and_libbpf_readers_decode_the_same_records(env: None) -> None:
     by_libbpf, _ = _lockstep("libbpf", tag)
     assert len(by_mmap) == len(by_libbpf) == BURSTS * PER_BURST
     assert [_same_fields(e) for e in by_mmap] == [_same_fields(e) for e in by_libbpf]
+
+
+def test_compiled_stream_records_equal_decoded_ones_plus_the_stream_keys(loader_data: Path) -> None:
+    """Each layout's compiled stream function gives what decode_at gives plus the stream's keys."""
+    from hids_bytecode import libbpf
+    from hids_bytecode.btf_layout import schema_from_object_file
+    from hids_bytecode.manifest import load_manifest
+    from hids_bytecode.walltime import rfc3339
+
+    mini = next(e for e in load_manifest(loader_data).entries if e.program == "mini").object_path
+    schema = schema_from_object_file(libbpf.get(), mini)
+    assert all(layout.stream is not None for layout in schema.events.values())
+    for type_value, layout in schema.events.items():
+        blob = bytearray((i * 37 + 11) % 256 for i in range(layout.size + 16))
+        blob[8:12] = type_value.to_bytes(4, sys.byteorder)
+        view = memoryview(bytes(blob))
+        ts, cgroup, record = schema.stream_at(view, 8, layout.size, 1000, rfc3339, "mini", "1", "host")
+        plain = schema.decode_at(view, 8, layout.size)
+        assert (ts, cgroup) == (plain["hdr"]["ts_ns"], plain["hdr"]["cgroup_id"])
+        wall = ts + 1000
+        assert record == {**plain, "time_ns": wall, "time": rfc3339(wall), "program": "mini", "schema_version": "1",
+                          "host": {"name": "host"}}
