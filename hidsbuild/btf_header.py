@@ -29,9 +29,10 @@ _GUARD_OPEN = b"#ifndef __VMLINUX_H__\n#define __VMLINUX_H__\n"
 _GUARD_CLOSE = re.compile(rb"#endif /\* __VMLINUX_H__ \*/\s*\Z")
 
 
-def cache_path(cache_dir: Path, target: CoreTarget) -> Path:
-    """Where the vmlinux.h of a CO-RE target is cached: by the exact header packages it comes from."""
-    ident = hashlib.sha256(",".join(f"{p}={target.btf_from.version}" for p in target.btf_from.headers).encode())
+def cache_path(cache_dir: Path, target: CoreTarget, headers_identity: str) -> Path:
+    """Where the vmlinux.h of a CO-RE target is cached: by the identity of the headers it comes
+    from (KernelHeaders.identity: the exact packages, or a user's tree by its content)."""
+    ident = hashlib.sha256(headers_identity.encode())
     return cache_dir / "btf" / ident.hexdigest()[:16] / target.arch / "vmlinux.h"
 
 

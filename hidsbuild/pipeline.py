@@ -98,15 +98,19 @@ class _Planner:
             self._configs[unit.kernel] = headers.kernel_config()
         return skip_reason(unit, self._configs[unit.kernel])
 
-    def btf_header(self, arch: str) -> Path:
-        return btf_header.cache_path(self.cache_dir, next(c for c in self.matrix.core if c.arch == arch))
+    def btf_header(self, arch: str) -> Path | None:
+        """Where the arch's CO-RE vmlinux.h is cached, or None while its kernel's headers are not."""
+        target = next(c for c in self.matrix.core if c.arch == arch)
+        headers = self.kernel_headers(target.btf_from)
+        return None if headers is None else btf_header.cache_path(self.cache_dir, target, headers.identity)
 
     def job(self, unit: Unit) -> Job | None:
         """The unit's job, or None while an input it depends on is not on disk yet."""
         source = self.stitched[unit.program.name].sha256
         if unit.kernel is None:
             if unit.arch not in self._btf_identity:
-                data = btf_header.load(self.btf_header(unit.arch))
+                path = self.btf_header(unit.arch)
+                data = None if path is None else btf_header.load(path)
                 self._btf_identity[unit.arch] = None if data is None else "btf:" + hashlib.sha256(data).hexdigest()
             identity = self._btf_identity[unit.arch]
             if identity is None:
@@ -270,7 +274,7 @@ def _prepare_inputs(client: Any, image: ToolchainImage, matrix: Matrix, opts: Bu
     (a changed one is fetched again), missing ones fetched concurrently, CO-RE headers dumped."""
     kernels = list(dict.fromkeys(u.kernel for u in todo if u.kernel))
     core_arches = list(dict.fromkeys(u.arch for u in todo if u.kernel is None))
-    dump_arches = [a for a in core_arches if btf_header.load(planner.btf_header(a)) is None]
+    dump_arches = [a for a in core_arches if (path := planner.btf_header(a)) is None or btf_header.load(path) is None]
     core_kernels = [c.btf_from for c in matrix.core if c.arch in dump_arches]
     wanted = list(dict.fromkeys(kernels + core_kernels))
     with step(f"check the header trees of {len(wanted)} kernel(s)"):
@@ -288,9 +292,9 @@ def _prepare_inputs(client: Any, image: ToolchainImage, matrix: Matrix, opts: Bu
     for arch in dump_arches:
         target = next(c for c in matrix.core if c.arch == arch)
         with step(f"vmlinux.h for CO-RE {arch} from {target.btf_from.release}"):
-            described = planner.kernel_headers(target.btf_from)
-            assert described is not None
-            btf_header.generate(client, image.tag, described, planner.btf_header(arch), opts.cache_dir / "tmp")
+            described, path = planner.kernel_headers(target.btf_from), planner.btf_header(arch)
+            assert described is not None and path is not None
+            btf_header.generate(client, image.tag, described, path, opts.cache_dir / "tmp")
     planner.forget()
 
 
@@ -320,7 +324,9 @@ def _compile(client: Any, image: ToolchainImage, opts: BuildOptions, planner: _P
                     assert headers is not None
                     mounts = {root: f"{HEADERS_DIR}/{i}" for i, root in enumerate(headers.packages)}
                 else:
-                    mounts = {planner.btf_header(unit.arch).parent: f"{BTF_DIR}/{unit.arch}"}
+                    path = planner.btf_header(unit.arch)
+                    assert path is not None
+                    mounts = {path.parent: f"{BTF_DIR}/{unit.arch}"}
                 pch_ns = run_batch(client, image, jobs, src_dir, mounts, cache, opts.cache_dir / "tmp", done, stop,
                                    opts.parallel, opts.pch)
                 with lock:

@@ -19,6 +19,7 @@ from conftest import ROOT, TEST_PROJECT, copy_project, fresh_cache, run_build
 
 from hidsbuild.btf_header import cache_path
 from hidsbuild.containers import LABEL
+from hidsbuild.headers import HeadersCache
 from hidsbuild.kernels import load_matrix
 
 pytestmark = pytest.mark.integration
@@ -62,7 +63,8 @@ def test_cut_vmlinux_h_in_the_cache_is_rebuilt(tmp_path: Path) -> None:
     cache = fresh_cache(tmp_path)
     first = run_build(matrix, tmp_path / "b", cache, "--no-bundle")
     assert first.returncode == 0, first.stderr
-    header = cache_path(cache, load_matrix(matrix).core[0])
+    target = load_matrix(matrix).core[0]
+    header = cache_path(cache, target, HeadersCache(cache / "headers", None).describe(target.btf_from).identity)
     whole = header.read_bytes()
     header.write_bytes(whole[:425_805])  # where the log stream once cut it
     for entry in (cache / "objects").glob("*/*"):  # the CO-RE units must compile against it again
