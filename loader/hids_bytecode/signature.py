@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import SignatureError
-from .libcrypto import ed25519_verify
 from .trust import TrustedKey, TrustPolicy, trusted_keys
 
 __all__ = ["SIGNATURE_NAME", "Verdict", "check_signature"]
@@ -50,6 +49,7 @@ def check_signature(manifest: bytes, signature: bytes | None, policy: TrustPolic
         return Verdict(None, signature is not None, where, 0)
     if signature is None:
         raise SignatureError(f"{shown}: unsigned, but {len(keys)} key(s) are trusted in {where}; refused")
+    from .libcrypto import ed25519_verify  # ctypes and libcrypto only when a key is trusted: a cold start skips them
     for key in keys:
         if ed25519_verify(key.raw, signature, manifest):
             return Verdict(key, True, where, len(keys))
