@@ -109,6 +109,8 @@ def store(kallsyms: Path, fact: WrapperFact) -> str:
     if os.geteuid() != 0 or boot is None:
         return "not written (not root or no boot id)"
     from .safefs import Unsafe
+    if not where.parent.is_dir():  # only the run dir itself is ever created, never /run
+        return f"not written: {where.parent} is not a directory"
     try:
         dir_fd = _open_dir(where, create=True)
     except (OSError, Unsafe) as exc:
