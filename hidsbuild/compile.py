@@ -86,7 +86,7 @@ def _finish(job: Job, out: Path, image: ToolchainImage, cache: ObjectCache) -> O
         "maps": list(info.maps),
         "license": info.license,
         "clang": image.clang_version,
-        "toolchain": image.recipe,
+        "toolchain": image.toolchain_id,
         "compile_ns": compile_ns,
         "warnings": stderr.strip(),
     }

@@ -31,7 +31,7 @@ from .kernels import Kernel, Matrix, load_matrix
 from .owners import make_scratch, reap_scratch
 from .report import UnitProgress, console, failure_report, skipped_report, step, summary_table
 from .stitch import Stitched, StitchError, stitch
-from .toolchain import ToolchainImage, docker_client, ensure_image, recipe_hash
+from .toolchain import ToolchainImage, docker_client, ensure_image, toolchain_id
 from .units import (
     BTF_DIR,
     HEADERS_DIR,
@@ -77,7 +77,7 @@ class _Planner:
         self.cache_dir = cache_dir
         self.stitched = stitched
         self.headers = HeadersCache(cache_dir / "headers", None)
-        self.recipe = recipe_hash(matrix.toolchain)
+        self.toolchain_id = toolchain_id(matrix.toolchain)
         self._described: dict[Kernel, KernelHeaders | None] = {}
         self._btf_identity: dict[str, str | None] = {}
         self._configs: dict[Kernel, dict[str, str] | None] = {}
@@ -123,7 +123,7 @@ class _Planner:
             roots = container_roots(unit, headers, self.matrix.toolchain.clang)
             identity = headers.identity
         steps = compile_recipe(unit)
-        return Job(unit, steps, roots, cache_key(unit, steps, roots, source, identity, self.recipe))
+        return Job(unit, steps, roots, cache_key(unit, steps, roots, source, identity, self.toolchain_id))
 
     def forget(self) -> None:
         """Inputs were fetched or discarded: describe them again on the next look."""
@@ -174,7 +174,7 @@ def _index_entry(outcome: Outcome, matrix: Matrix, stitched: Stitched) -> dict[s
 
 
 def _inputs(matrix: Matrix, planner: _Planner, units: list[Unit], stitched: dict[str, Stitched]) -> dict[str, Any]:
-    """Every input of this build, for provenance: the matrix file, the toolchain (recipe hash and
+    """Every input of this build, for provenance: the matrix file, the toolchain (its id and
     the exact package pins the image is checked to hold), each header package with the sha256
     apt's signed index gave it, and each stitched source."""
     kernels = list(dict.fromkeys(u.kernel for u in units if u.kernel))
@@ -184,7 +184,7 @@ def _inputs(matrix: Matrix, planner: _Planner, units: list[Unit], stitched: dict
     tc = matrix.toolchain
     return {
         "matrix": {"path": matrix.path.name, "sha256": hashlib.sha256(matrix.path.read_bytes()).hexdigest()},
-        "toolchain": {"suite": tc.suite, "clang": tc.clang, "recipe": planner.recipe, "packages": dict(tc.packages)},
+        "toolchain": {"suite": tc.suite, "clang": tc.clang, "id": planner.toolchain_id, "packages": dict(tc.packages)},
         "headers": [packages[k] for k in sorted(packages)],
         "sources": {name: s.sha256 for name, s in sorted(stitched.items())},
     }

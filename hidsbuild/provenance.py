@@ -1,7 +1,7 @@
 """The wheel's provenance: an in-toto Statement v1 with a SLSA provenance v1 predicate.
 
 It names every input of the objects in the wheel (index.json's `inputs`: the matrix file's hash,
-the toolchain recipe hash and its exact Debian package versions, each header package with the
+the toolchain id and its exact Debian package versions, each header package with the
 sha256 apt's signed index gave it, or for a user's header tree its directory and the sha256
 of its file-by-file record; each stitched source), each unit's compiler arguments, and the
 project's git commit with a dirty flag. Its subjects are every file the package ships besides the
@@ -52,7 +52,7 @@ def _dependencies(inputs: Mapping[str, Any] | None, git: Mapping[str, Any], repo
     deps.append({"name": inputs["matrix"]["path"], "digest": {"sha256": inputs["matrix"]["sha256"]},
                  "annotations": {"role": "matrix"}})
     tc = inputs["toolchain"]
-    deps.append({"name": "toolchain-recipe", "digest": {"sha256": tc["recipe"]},
+    deps.append({"name": "toolchain-id", "digest": {"sha256": tc["id"]},
                  "annotations": {"role": "toolchain", "suite": tc["suite"], "clang": tc["clang"]}})
     for name, version in sorted(tc["packages"].items()):
         deps.append({"uri": f"pkg:deb/debian/{name}@{version}?distro={tc['suite']}",

@@ -1,9 +1,9 @@
 """The pinned toolchain image, built here without a registry.
 
 debootstrap makes a minimal Debian root, `docker import` turns it into a base image, and a
-Dockerfile rendered from templates/ adds clang and llvm. The image is tagged by a hash of its
-recipe (suite, clang version, the exact Debian versions of the packages that shape objects,
-Dockerfile and the in-container compile script), so it is rebuilt only when that recipe changes,
+Dockerfile rendered from templates/ adds clang and llvm. The image is tagged by its toolchain id,
+a hash of what makes it (suite, clang version, the exact Debian versions of the packages that
+shape objects, Dockerfile and the in-container compile script), so it is rebuilt only when that id changes,
 and it is checked to hold exactly those versions before it is used.
 """
 
@@ -32,7 +32,7 @@ from .kernels import Toolchain
 from .owners import make_scratch
 from .report import console
 
-__all__ = ["ToolchainImage", "recipe_hash", "ensure_image", "docker_client"]
+__all__ = ["ToolchainImage", "toolchain_id", "ensure_image", "docker_client"]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _COMPILE_SCRIPT = "compile_unit.sh"
@@ -44,7 +44,7 @@ _HOST_DEB_ARCH = ARCHES[platform.machine()].debian
 @dataclass(frozen=True)
 class ToolchainImage:
     tag: str
-    recipe: str  # hash of the recipe, exact package pins included: the toolchain's identity in cache keys
+    toolchain_id: str  # hash of what makes the image, exact package pins included: its part of every cache key
     clang_version: str
     packages: dict[str, str]  # name -> version, as dpkg-query read them back from the image
 
@@ -59,7 +59,7 @@ def _render_dockerfile(tc: Toolchain) -> str:
                                                     packages=[f"{name}={version}" for name, version in tc.packages])
 
 
-def recipe_hash(tc: Toolchain) -> str:
+def toolchain_id(tc: Toolchain) -> str:
     """The toolchain's identity: suite, clang major, the exact package versions pinned (which the
     image is checked to hold) and the files the image is built from."""
     h = hashlib.sha256()
@@ -156,7 +156,7 @@ def _build_image(client: docker.DockerClient, tc: Toolchain, tag: str, from_scra
 
 
 def ensure_image(client: docker.DockerClient, tc: Toolchain, cache_dir: Path, rebuild: bool = False) -> ToolchainImage:
-    """Return the toolchain image for this recipe, building it (and its base) if absent, or anew
+    """Return the toolchain image of this toolchain id, building it (and its base) if absent, or anew
     without docker's layer cache when `rebuild` is set.
 
     An image is recorded (id, clang version, installed packages) only after a probe shows it
@@ -167,10 +167,10 @@ def ensure_image(client: docker.DockerClient, tc: Toolchain, cache_dir: Path, re
         raise ToolchainError("kernels.yaml's toolchain has no `packages:` pins; add them with "
                              "`invoke kernels.discover --toolchain --write kernels.yaml`")
     state_dir = cache_dir / "state"
-    recipe = recipe_hash(tc)
-    tag = f"hids-toolchain:{recipe}"
-    meta_path = state_dir / f"toolchain-{recipe}.json"
-    meta = read_checked(meta_path, f"toolchain record {recipe}")
+    tc_id = toolchain_id(tc)
+    tag = f"hids-toolchain:{tc_id}"
+    meta_path = state_dir / f"toolchain-{tc_id}.json"
+    meta = read_checked(meta_path, f"toolchain record {tc_id}")
     try:
         image_id = client.images.get(tag).id
     except docker.errors.ImageNotFound:
@@ -187,4 +187,4 @@ def ensure_image(client: docker.DockerClient, tc: Toolchain, cache_dir: Path, re
         clang, installed = _probe_image(client, tc, tag, state_dir / "tmp")
         recorded = {"clang": clang, "tag": tag, "image_id": image_id, "packages": installed}
         write_checked(meta_path, json.dumps(recorded, sort_keys=True).encode())
-    return ToolchainImage(tag, recipe, recorded["clang"], recorded["packages"])
+    return ToolchainImage(tag, tc_id, recorded["clang"], recorded["packages"])

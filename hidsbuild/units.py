@@ -155,7 +155,7 @@ def container_roots(unit: Unit, headers: KernelHeaders | None, clang_major: int)
 
 
 def cache_key(unit: Unit, steps: tuple[Step, ...], roots: Roots, source_sha256: str, headers_identity: str,
-              toolchain_recipe: str) -> str:
+              toolchain_id: str) -> str:
     """Content address of a unit's object: every input that can change its bytes (the recipe and
     what fills it in, but not where the batch puts its output)."""
     material = {
@@ -163,7 +163,7 @@ def cache_key(unit: Unit, steps: tuple[Step, ...], roots: Roots, source_sha256: 
         "headers": headers_identity,
         "recipe": recipe_json(steps),
         "roots": {k: v for k, v in roots.as_dict().items() if k not in ("bitcode", "object")},
-        "toolchain": toolchain_recipe,
+        "toolchain": toolchain_id,
         "arch": unit.arch,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()

@@ -8,7 +8,7 @@ from hidsbuild.provenance import statement
 
 INPUTS = {
     "matrix": {"path": "kernels.yaml", "sha256": "aa" * 32},
-    "toolchain": {"suite": "bookworm", "clang": 19, "recipe": "bb" * 32,
+    "toolchain": {"suite": "bookworm", "clang": 19, "id": "bb" * 32,
                   "packages": {"clang-19": "1:19.1.7-3~deb12u1"}},
     "headers": [
         {"name": "linux-headers-6.1.0-50-cloud-amd64", "version": "6.1.176-1", "arch": "amd64",

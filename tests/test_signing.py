@@ -33,7 +33,7 @@ INVOKE = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
 PIN_ROOT = f"/sys/fs/bpf/hids-test-signing-{os.getpid()}"
 # Synthetic inputs for the fast wheels; the real ones come from a docker build (test_provenance_*).
 INPUTS = {"matrix": {"path": "kernels.yaml", "sha256": "1" * 64},
-          "toolchain": {"suite": "bookworm", "clang": 19, "recipe": "2" * 64, "packages": {"clang-19": "1:19.1.7-3"}},
+          "toolchain": {"suite": "bookworm", "clang": 19, "id": "2" * 64, "packages": {"clang-19": "1:19.1.7-3"}},
           "headers": [{"name": "linux-headers-test", "version": "1.0-1", "arch": "amd64", "suite": "bookworm",
                        "filename": "pool/main/l/linux/linux-headers-test_1.0-1_amd64.deb", "size": 10,
                        "sha256": "3" * 64}],

@@ -18,7 +18,7 @@ from conftest import ROOT, TEST_PROJECT, copy_project, fresh_cache, run_build
 
 from hidsbuild.errors import ConfigError
 from hidsbuild.kernels import load_matrix
-from hidsbuild.toolchain import _render_dockerfile, recipe_hash
+from hidsbuild.toolchain import _render_dockerfile, toolchain_id
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def test_every_pin_is_installed_exactly_and_is_part_of_the_identity() -> None:
     assert sorted(re.findall(r"(\S+)=(\S+)", install)) == sorted(tc.packages)
     moved = dataclasses.replace(tc, packages=tuple((n, v + "+1") if n == "libllvm19" else (n, v)
                                                    for n, v in tc.packages))
-    assert recipe_hash(moved) != recipe_hash(tc)
+    assert toolchain_id(moved) != toolchain_id(tc)
 
 
 @pytest.mark.parametrize("edit, reason", [
@@ -65,7 +65,7 @@ def test_a_pin_no_longer_served_stops_the_build_before_any_compile(tmp_path: Pat
 def test_image_rebuilt_from_scratch_gives_byte_identical_objects(tmp_path: Path) -> None:
     first = run_build(TEST_PROJECT / "kernels.yaml", tmp_path / "a", fresh_cache(tmp_path / "1"), "--no-bundle")
     assert first.returncode == 0, first.stderr
-    tag = f"hids-toolchain:{recipe_hash(load_matrix(TEST_PROJECT / 'kernels.yaml').toolchain)}"
+    tag = f"hids-toolchain:{toolchain_id(load_matrix(TEST_PROJECT / 'kernels.yaml').toolchain)}"
     before = docker.from_env().images.get(tag).id
     again = run_build(TEST_PROJECT / "kernels.yaml", tmp_path / "b", fresh_cache(tmp_path / "2"), "--no-bundle",
                       "--rebuild-toolchain")
