@@ -445,3 +445,37 @@ def test_every_event_kind_of_real_objects_and_core_in_two_guests(verify_project:
                 assert row["workload"]["module"] == "/opt/hids/modules/nls_iso8859-1.ko", row["workload"]
                 assert row["workload"]["module_errors"] == ["loaded", "loaded"], row["workload"]
                 assert row["tracepoint_pass"]["workload"]["module_errors"] == ["loaded", "loaded"]
+
+
+def test_a_guest_that_dies_before_init_is_booted_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # qemu's TCG crashing a kernel before /init cannot be had on demand: the boots are given here,
+    # with the console text of a real one (6.12.95+deb12 under qemu 7.2 TCG).
+    from hidsbuild.kernels import load_matrix
+    from hidsbuild.verify import run
+    from hidsbuild.verify.images import KernelImage
+    from hidsbuild.verify.matrix import KernelResult
+    from hidsbuild.verify.vm import Boot
+
+    kernel = next(k for k in load_matrix(ROOT / "kernels.yaml").kernels if k.release == "6.12.95+deb12-cloud-amd64")
+    oops = "[    2.68] Oops: general protection fault, maybe for address 0x10: 0000 [#1] PREEMPT SMP NOPTI\n"
+    crashed = Boot(None, oops, False, 3.0, 300.0)
+    later = Boot(None, f"{run.GUEST_BOOTED} {kernel.release} x86_64\n{oops}", False, 40.0, 300.0)
+    good = Boot({"uname": kernel.release, "rows": [], "error": ""}, f"{run.GUEST_BOOTED} {kernel.release}", False, 50.0, 300.0)
+    opts = run.VerifyOptions(ROOT / "kernels.yaml", tmp_path, tmp_path)
+
+    def booted(*boots: Boot) -> KernelResult:
+        queue = list(boots)
+        monkeypatch.setattr(run, "boot", lambda *_: queue.pop(0))
+        guest = run._Guest(KernelResult.of(kernel), [], [], KernelImage(tmp_path, tmp_path), tmp_path)
+        result = run._boot(kernel, guest, opts)
+        assert not queue  # no boot more than needed
+        return result
+
+    result = booted(crashed, crashed, good)
+    assert result.status == "ok" and result.boot_seconds == 50.0
+    assert result.boot_retries == [f"guest stopped without a result: {oops.strip()}"] * 2
+    # A guest that crashed once its /init ran may have been crashed by what is verified: never retried.
+    result = booted(crashed, later)
+    assert result.status == "boot failed" and len(result.boot_retries) == 1
+    result = booted(*[crashed] * run.BOOT_ATTEMPTS)
+    assert result.status == "boot failed" and len(result.boot_retries) == run.BOOT_ATTEMPTS - 1

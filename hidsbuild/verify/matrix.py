@@ -50,6 +50,7 @@ class KernelResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     console_tail: str = ""  # the serial console's last lines, kept when the guest gave no result
     skipped: list[dict[str, Any]] = field(default_factory=list)  # units the build skipped here: unit, reason
+    boot_retries: list[str] = field(default_factory=list)  # why each earlier boot died before /init
 
     @classmethod
     def of(cls, kernel: Kernel) -> KernelResult:
@@ -145,6 +146,11 @@ def write_text(results: list[KernelResult], path: Path) -> None:
     with open(os.devnull, "w") as sink:
         console = Console(record=True, width=200, file=sink, color_system=None)
         console.print(render_table(results))
+        for result in (r for r in results if r.boot_retries):
+            console.print(f"\n{result.release}: booted again after {len(result.boot_retries)} boot(s) that died "
+                          "before /init (no check had run):", markup=False)
+            for problem in result.boot_retries:
+                console.print(f"  {problem}", markup=False, highlight=False)
         for result in failures(results) + unproved(results):
             console.print(f"\n{result.release}: {result.status}: {result.reason}", markup=False)
             if result.console_tail:
