@@ -105,7 +105,8 @@ class PrivateApt:
             proc = subprocess.run(["apt-get", *self._options(), "update"], capture_output=True, text=True)
         problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("E:", "W:", "Err:"))]
         if proc.returncode != 0 or any(ln.startswith(("E:", "Err:")) for ln in problems):
-            raise HeadersUnavailable(f"apt update of {', '.join(self.suites)} failed: {'; '.join(problems) or proc.stderr.strip()}")
+            detail = "; ".join(problems) or proc.stderr.strip()
+            raise HeadersUnavailable(f"apt update of {', '.join(self.suites)} failed: {detail}")
         self._updated = True
 
     def locate(self, refs: list[PackageRef]) -> list[Remote]:
@@ -120,8 +121,9 @@ class PrivateApt:
             names = [name for name, version, _ in copies if version == ref.version]
             if not names:
                 raise HeadersUnavailable(
-                    f"{ref.name}={ref.version} ({ref.deb_arch}) is no longer served by {self.archive.name} suite {ref.suite}: "
-                    f"run `invoke kernels.discover --suite {ref.suite}` and update that kernel's version in kernels.yaml"
+                    f"{ref.name}={ref.version} ({ref.deb_arch}) is no longer served by {self.archive.name} "
+                    f"suite {ref.suite}: run `invoke kernels.discover --suite {ref.suite}` "
+                    "and update that kernel's version in kernels.yaml"
                 )
             specs.append(f"{names[0]}={ref.version}")
         proc = subprocess.run(["apt-get", *self._options(), "--print-uris", "download", *specs],
@@ -140,7 +142,9 @@ class PrivateApt:
             raise HeadersUnavailable(f"apt names no download with a sha256 for {missing[0]}")
         return [found[ref.name] for ref in refs]
 
-    def download(self, refs: list[PackageRef], dest: Path, on_progress: Callable[[int], None] | None = None) -> list[Path]:
+    def download(
+        self, refs: list[PackageRef], dest: Path, on_progress: Callable[[int], None] | None = None
+    ) -> list[Path]:
         """Download exact package versions into dest, concurrently, each checked against apt's sha256."""
         return fetch_all(self.locate(refs), dest, on_progress)
 
@@ -194,5 +198,6 @@ def fetch_all(remotes: list[Remote], dest: Path, on_progress: Callable[[int], No
     dest.mkdir(parents=True, exist_ok=True)
     unique = list({r.filename: r for r in remotes}.values())  # an arch-all package serves several arches
     with ThreadPoolExecutor(max_workers=_FETCH_JOBS) as pool:
-        paths = dict(zip((r.filename for r in unique), pool.map(lambda r: _fetch_one(r, dest, on_progress), unique), strict=True))
+        fetched = pool.map(lambda r: _fetch_one(r, dest, on_progress), unique)
+        paths = dict(zip((r.filename for r in unique), fetched, strict=True))
     return [paths[r.filename] for r in remotes]

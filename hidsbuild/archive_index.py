@@ -78,7 +78,9 @@ def verified_release(mirror: str, suite: str, keyrings: tuple[Path, ...]) -> Sui
     url = f"{mirror}/dists/{suite}/InRelease"
     signed = fetch(url)
     if not keyrings:
-        raise ArchiveError(f"{url}: no archive keyring to check it against (for Debian: apt-get install debian-archive-keyring)")
+        raise ArchiveError(
+            f"{url}: no archive keyring to check it against (for Debian: apt-get install debian-archive-keyring)"
+        )
     with tempfile.TemporaryDirectory(prefix="hids-inrelease-") as tmp:
         plain = Path(tmp) / "Release"
         # gpgv exits non-zero when one of several signatures has no key here (a newer release's
@@ -93,7 +95,8 @@ def verified_release(mirror: str, suite: str, keyrings: tuple[Path, ...]) -> Sui
             raise ArchiveError(f"{url}: not signed by an archive key ({reason.removeprefix('gpgv: ')})")
         release = Release(plain.read_text(encoding="utf-8"))
     if suite not in (release.get("Suite"), release.get("Codename")):
-        raise ArchiveError(f"{url}: signed for suite {release.get('Codename') or release.get('Suite')!r}, not {suite!r}")
+        signed_for = release.get("Codename") or release.get("Suite")
+        raise ArchiveError(f"{url}: signed for suite {signed_for!r}, not {suite!r}")
     files = {entry["name"]: (entry["sha256"], int(entry["size"])) for entry in release.get("SHA256", [])}
     return SuiteRelease(mirror, suite, files)
 

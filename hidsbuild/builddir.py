@@ -2,8 +2,9 @@
 
 A build (or shard) directory is trusted only after each object and stitched source the index
 names is present with the size and sha256 the index records, and nothing else lies in
-objects/ or sources/. The index's `inputs` (for provenance) are carried along. Joining shards keeps one entry per unit; two shards that disagree about
-a unit are refused, so a merged bundle always equals the one-shot bundle of the same matrix.
+objects/ or sources/. The index's `inputs` (for provenance) are carried along. Joining shards
+keeps one entry per unit; two shards that disagree about a unit are refused, so a merged bundle
+always equals the one-shot bundle of the same matrix.
 """
 
 from __future__ import annotations

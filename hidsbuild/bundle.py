@@ -4,8 +4,8 @@ Each wheel holds `hids_bytecode/` from loader/, plus `hids_bytecode/data/` with 
 of that arch's units, their objects stored once by content and the stitched sources they were
 compiled from (docs/DESIGN.md, "Wheel"), the provenance of those objects, and, given the fleet's
 build key, the manifest's signature (docs/SIGNING.md). The same build directories, or the shards
-of the same matrix merged, with the same key, always give the same bytes. Wheels of earlier bundles for the same platform are
-replaced, so dist/ holds one installable set.
+of the same matrix merged, with the same key, always give the same bytes. Wheels of earlier
+bundles for the same platform are replaced, so dist/ holds one installable set.
 """
 
 from __future__ import annotations
@@ -66,14 +66,17 @@ def _loader_files(loader: Path) -> dict[str, bytes]:
     """The package's modules, keyed by archive name; data/ is filled from the build instead."""
     package = loader / PACKAGE
     files = {f"{PACKAGE}/{p.relative_to(package).as_posix()}": p.read_bytes()
-             for p in package.rglob("*.py") if "__pycache__" not in p.parts and p.relative_to(package).parts[0] != "data"}
+             for p in package.rglob("*.py")
+             if "__pycache__" not in p.parts and p.relative_to(package).parts[0] != "data"}
     if f"{PACKAGE}/__init__.py" not in files:
         raise BundleError(f"{package}: no loader package to bundle")
     init = ast.parse(files[f"{PACKAGE}/__init__.py"])
     declared = next((n.value.value for n in init.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
                      and any(getattr(t, "id", None) == "__version__" for t in n.targets)), None)
     if declared != VERSION:
-        raise BundleError(f"{package / '__init__.py'}: __version__ {declared!r} is not hidsbuild.versioning.VERSION {VERSION!r}")
+        raise BundleError(
+            f"{package / '__init__.py'}: __version__ {declared!r} is not hidsbuild.versioning.VERSION {VERSION!r}"
+        )
     return files
 
 

@@ -226,9 +226,10 @@ def run_batch(
         collect()
         stderr = (workdir / "batch.stderr").read_text(errors="replace").strip()[-2000:] \
             if (workdir / "batch.stderr").exists() else ""
+        exited = exit_status[0] if exit_status else "?"
         for name in sorted(pending):
             on_done(Outcome(pending.pop(name), "failed",
-                            error=f"container exited ({exit_status[0] if exit_status else '?'}) before this unit ran: {stderr}"))
+                            error=f"container exited ({exited}) before this unit ran: {stderr}"))
         return _pch_ns(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -201,7 +201,8 @@ def write_matrix(path: Path, served: list[Served], candidates: list[Served], sui
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     seq = next(v for k, v in root.value if k.value == "kernels")
     if seq.flow_style:
-        raise ConfigError(str(path), seq.start_mark.line + 1, "kernels", "--write needs a block list (one `- release:` item per kernel)")
+        raise ConfigError(str(path), seq.start_mark.line + 1, "kernels",
+                          "--write needs a block list (one `- release:` item per kernel)")
     items = [{k.value: v for k, v in item.value} for item in seq.value]
     scope_suites, scope_arches = set(suites), set(arches)
     by_key = {(s.suite, s.arch, s.release): s for s in served}

@@ -164,7 +164,7 @@ class HeadersCache:
             unique = {r.filename: r.size for r in remotes}
             with ByteProgress(f"headers ({len(unique)} packages)", sum(unique.values())) as progress:
                 debs = fetch_all(remotes, Path(tmp) / "debs", progress.advance)
-            for ref, remote, deb in zip(missing, remotes, debs):
+            for ref, remote, deb in zip(missing, remotes, debs, strict=True):
                 staging = Path(tmp) / ref.name
                 proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], capture_output=True, text=True)
                 if proc.returncode != 0:
@@ -173,9 +173,9 @@ class HeadersCache:
                     raise HeadersUnavailable(f"{deb.name} holds no /usr/src/linux-headers-* tree")
                 entry = self._entry(ref)
                 record_tree(staging, entry)
-                write_checked(self._deb_record(ref), json.dumps(
-                    {"name": ref.name, "version": ref.version, "arch": ref.deb_arch, "suite": ref.suite,
-                     "filename": remote.filename, "size": remote.size, "sha256": remote.sha256}, sort_keys=True).encode())
+                record = {"name": ref.name, "version": ref.version, "arch": ref.deb_arch, "suite": ref.suite,
+                          "filename": remote.filename, "size": remote.size, "sha256": remote.sha256}
+                write_checked(self._deb_record(ref), json.dumps(record, sort_keys=True).encode())
                 try:
                     staging.rename(entry)
                 except OSError:  # another build sharing this cache got there first; its tree is as good

@@ -230,7 +230,8 @@ class _Reader:
                 default = _MAP_TAG if kind is yaml.MappingStartEvent else _SEQ_TAG
                 label = self._where(stack)
                 if event.tag not in (None, "!", default):
-                    raise self.fail(event.start_mark.line + 1, label or "(document)", f"tag {_show(event.tag)} is not allowed")
+                    raise self.fail(event.start_mark.line + 1, label or "(document)",
+                                    f"tag {_show(event.tag)} is not allowed")
                 value = _Map() if default == _MAP_TAG else _Seq()
                 value.line = event.start_mark.line + 1
                 if default == _MAP_TAG:
@@ -303,11 +304,13 @@ class _Reader:
                                 f"expected true or false, got {_show(event.value)}")
             return event.value == "true"
         if tag == _MERGE:
-            raise self.fail(event.start_mark.line + 1, self._where(stack) or "(document)", "merge keys (<<) are not allowed")
+            raise self.fail(event.start_mark.line + 1, self._where(stack) or "(document)",
+                            "merge keys (<<) are not allowed")
         if tag in _PLAIN_SCALAR_TAGS:
             node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark)
             return loader.yaml_constructors[tag](loader, node)
-        raise self.fail(event.start_mark.line + 1, self._where(stack) or "(document)", f"tag {_show(tag)} is not allowed")
+        raise self.fail(event.start_mark.line + 1, self._where(stack) or "(document)",
+                        f"tag {_show(tag)} is not allowed")
 
     def mapping(self, node: Any, line: int, where: str) -> _Map:
         if not isinstance(node, _Map):
@@ -326,7 +329,8 @@ class _Reader:
             raise self.fail(node.key_lines[key], _join(where, key), f"expected {names}, got {_show(value)}")
         return value
 
-    def matching(self, node: _Map, key: str, where: str, pattern: re.Pattern[str], what: str, default: Any = ...) -> Any:
+    def matching(self, node: _Map, key: str, where: str, pattern: re.Pattern[str], what: str,
+                 default: Any = ...) -> Any:
         value = self.get(node, key, where, str, default)
         if value is not default and not pattern.fullmatch(value):
             raise self.fail(node.key_lines[key], _join(where, key), f"{_show(value)} is not {what}")
@@ -381,7 +385,8 @@ def _variants(r: _Reader, node: _Map, where: str, axes: dict[str, tuple[bool, ..
             if not isinstance(item, bool):
                 raise r.fail(seq.item_lines[i], f"{where}.{axis}[{i}]", f"expected true or false, got {_show(item)}")
             if axes is not None and item not in axes[axis]:
-                raise r.fail(seq.item_lines[i], f"{where}.{axis}[{i}]", f"{str(item).lower()} is not among the matrix's {axis} values")
+                raise r.fail(seq.item_lines[i], f"{where}.{axis}[{i}]",
+                             f"{str(item).lower()} is not among the matrix's {axis} values")
         if len(set(seq)) != len(seq):
             raise r.fail(node.key_lines[axis], f"{where}.{axis}", "duplicate value")
         values[axis] = tuple(seq)
@@ -426,7 +431,8 @@ def _kernel(r: _Reader, node: _Map, where: str, root: Path) -> Kernel:
     release = r.get(node, "release", where, str)
     arch = r.get(node, "arch", where, str)
     if arch not in ARCHES:
-        raise r.fail(node.key_lines["arch"], f"{where}.arch", f"unknown arch {_show(arch)} (expected one of {', '.join(ARCHES)})")
+        raise r.fail(node.key_lines["arch"], f"{where}.arch",
+                     f"unknown arch {_show(arch)} (expected one of {', '.join(ARCHES)})")
     source = distro.parse(_Fields(r, node, where, root), release, ARCHES[arch])
     return Kernel(release, arch, source.suite, source.version, source.headers, source.image,
                   _cflags(r, node, where), distro.name)
@@ -435,7 +441,8 @@ def _kernel(r: _Reader, node: _Map, where: str, root: Path) -> Kernel:
 def _program(r: _Reader, root: Path, name: str, pnode: _Map, where: str,
              matrix_variants: tuple[Variant, ...], axes: dict[str, tuple[bool, ...]]) -> Program:
     r.unknown_keys(pnode, {"source", "variants"}, where)
-    source = r.matching(pnode, "source", where, _SOURCE, "a relative path (letters, digits, '_', '.', '/', '+', '-'; not starting with / or -)")
+    source = r.matching(pnode, "source", where, _SOURCE,
+                        "a relative path (letters, digits, '_', '.', '/', '+', '-'; not starting with / or -)")
     line = pnode.key_lines["source"]
     resolved = (root / source).resolve()
     if not resolved.is_relative_to(root):
@@ -498,12 +505,14 @@ def load_matrix(path: str | Path) -> Matrix:
         for arch, cnode in core_node.items():
             where = _join("core", arch)
             if arch not in ARCHES:
-                raise r.fail(core_node.key_lines[arch], where, f"unknown arch {_show(arch)} (expected one of {', '.join(ARCHES)})")
+                raise r.fail(core_node.key_lines[arch], where,
+                             f"unknown arch {_show(arch)} (expected one of {', '.join(ARCHES)})")
             cnode = r.mapping(cnode, core_node.key_lines[arch], where)
             r.unknown_keys(cnode, {"btf_from"}, where)
             release = r.get(cnode, "btf_from", where, str)
             if (release, arch) not in kernels:
-                raise r.fail(cnode.key_lines["btf_from"], f"{where}.btf_from", f"{_show(release)} is not a {arch} kernel of this matrix")
+                raise r.fail(cnode.key_lines["btf_from"], f"{where}.btf_from",
+                             f"{_show(release)} is not a {arch} kernel of this matrix")
             core.append(CoreTarget(arch, kernels[(release, arch)]))
     return Matrix(path, toolchain, tuple(programs), tuple(kernels.values()), tuple(core))
 

@@ -1,10 +1,10 @@
 """Stitching: a program's source and its local includes merged into one self-contained .c.
 
 As Datadog's include_headers does for runtime compilation, every `#include "..."` that resolves
-to a file of the project is inlined once (others, such as the generated vmlinux.h, stay) (later includes of the same file are dropped, as the
-headers' own guards would); `#include <...>` kernel headers stay. `#line` markers keep compiler
-messages pointing at the original files, by project-relative path so the result does not
-depend on where the checkout lives.
+to a file of the project is inlined once (others, such as the generated vmlinux.h, stay) (later
+includes of the same file are dropped, as the headers' own guards would); `#include <...>`
+kernel headers stay. `#line` markers keep compiler messages pointing at the original files, by
+project-relative path so the result does not depend on where the checkout lives.
 """
 
 from __future__ import annotations

@@ -73,18 +73,22 @@ def test_backport_abi_names_count_and_the_series_metapackage_does_not() -> None:
 
 
 def test_other_flavours_are_asked_for_by_name() -> None:
-    assert [s.release for s in kernels_in(BOOKWORM_SECURITY, "bookworm-security", "arm64", "rt")] == ["6.1.0-57-rt-arm64"]
+    rt = kernels_in(BOOKWORM_SECURITY, "bookworm-security", "arm64", "rt")
+    assert [s.release for s in rt] == ["6.1.0-57-rt-arm64"]
     assert [s.release for s in kernels_in(BOOKWORM_SECURITY, "bookworm-security", "arm64", "")] == ["6.1.0-57-arm64"]
 
 
 def test_signed_image_is_named_when_the_unsigned_one_is_not_served() -> None:
     [sid] = kernels_in(SID, "sid", "amd64")
-    assert (sid.release, sid.version, sid.image) == ("7.2.13+deb14-cloud-amd64", "7.2.13-1", "linux-image-7.2.13+deb14-cloud-amd64")
+    assert (sid.release, sid.version, sid.image) == (
+        "7.2.13+deb14-cloud-amd64", "7.2.13-1", "linux-image-7.2.13+deb14-cloud-amd64"
+    )
 
 
 def test_newest_version_of_a_release_wins_whatever_the_order() -> None:
     """A security suite lists two versions of a package while an update rolls out."""
-    paragraph = next(p for p in BOOKWORM_SECURITY.split(b"\n\n") if p.startswith(b"Package: linux-headers-6.1.0-57-cloud-arm64\n"))
+    paragraph = next(p for p in BOOKWORM_SECURITY.split(b"\n\n")
+                     if p.startswith(b"Package: linux-headers-6.1.0-57-cloud-arm64\n"))
     older = paragraph.replace(b"Version: 6.1.192-3", b"Version: 6.1.192-1").replace(b"(= 6.1.192-3)", b"(= 6.1.192-1)")
     assert older != paragraph
     for index in (BOOKWORM_SECURITY + b"\n" + older + b"\n", older + b"\n\n" + BOOKWORM_SECURITY):
@@ -117,7 +121,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path
     for name in ("archive", "stranger"):
         home = tmp_path_factory.mktemp(f"gnupg-{name}")
         home.chmod(0o700)
-        _gpg(home, "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.invalid>", "rsa2048", "sign", "never")
+        _gpg(home, "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.invalid>",
+             "rsa2048", "sign", "never")
         keyring = home / f"{name}.gpg"
         keyring.write_bytes(_gpg(home, "--export"))
         out[name] = (home, keyring)
@@ -229,7 +234,8 @@ def _two_sid_kernels() -> bytes:
 
 
 def _pool(root: Path, release: str, version: str, image: bool = True) -> None:
-    names = [f"linux-headers-{release}_{version}_amd64.deb", f"linux-headers-{release.split('-cloud')[0]}-common_{version}_all.deb"]
+    names = [f"linux-headers-{release}_{version}_amd64.deb",
+             f"linux-headers-{release.split('-cloud')[0]}-common_{version}_all.deb"]
     for name in names:
         (root / "pool/main/l/linux").mkdir(parents=True, exist_ok=True)
         (root / "pool/main/l/linux" / name).write_bytes(b"deb")
@@ -272,7 +278,8 @@ def test_real_archive_newest_is_a_kernel_the_pool_serves() -> None:
     passed = [s for s in served if any(f"passed over {s.release} {s.version}:" in n for n in notes)]
     assert passed, notes  # the archive's state when this was written: the 6.1 backports 404
     for s in passed:
-        assert not all(pool_served([f"{mirror}/{f}" for f in (*s.headers_files, *(p for _, p in s.image_files))]).values())
+        files = (*s.headers_files, *(p for _, p in s.image_files))
+        assert not all(pool_served([f"{mirror}/{f}" for f in files]).values())
     by_arch = {s.arch: s for s in chosen}
     if "x86_64" in by_arch:
         assert by_arch["x86_64"].release.startswith("5.10.0-")
@@ -354,7 +361,8 @@ def test_write_refuses_a_result_that_would_not_parse_and_leaves_the_file(tmp_pat
     path = _project(tmp_path)
     before = path.read_text()
     broken = [Served("sid", "x86_64", "7.3.1+DEB14-cloud-amd64", "7.3.1-1")]  # upper case: not a release
-    with pytest.raises(ConfigError, match=r"kernels.yaml:\d+: kernels\[8\]\.release: the refreshed matrix would not parse, left as it was"):
+    with pytest.raises(ConfigError, match=r"kernels.yaml:\d+: kernels\[8\]\.release: "
+                                          r"the refreshed matrix would not parse, left as it was"):
         write_matrix(path, broken, broken, ["sid"], ["x86_64"])
     assert path.read_text() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".kernels.yaml")]
@@ -364,14 +372,18 @@ def test_write_refuses_a_result_that_would_not_parse_and_leaves_the_file(tmp_pat
 
 def test_real_archive_sid_and_bookworm_security(tmp_path: Path) -> None:
     served = discover(["sid", "bookworm-security"], ["x86_64", "aarch64"])
-    assert {(s.suite, s.arch) for s in served} == {(su, a) for su in ("sid", "bookworm-security") for a in ("x86_64", "aarch64")}
+    assert {(s.suite, s.arch) for s in served} == {
+        (su, a) for su in ("sid", "bookworm-security") for a in ("x86_64", "aarch64")
+    }
     assert all(re.fullmatch(r"\d+\.\d+\.\d+[0-9a-z.+-]*-cloud-(amd64|arm64)", s.release) for s in served)
     # the metapackages are there in the raw index, and not in the answer
     mirrors = host_mirrors()
     index = packages_index(verified_release(mirrors.security, "bookworm-security", ARCHIVE.keyrings()), "arm64")
     names = {p["Package"] for p in packages_paragraphs(index, ("linux-headers-",))}
-    assert "linux-headers-cloud-arm64" in names and any(re.fullmatch(r"linux-headers-\d+\.\d+-cloud-arm64", n) for n in names)
-    assert {f"linux-headers-{s.release}" for s in served if s.suite == "bookworm-security" and s.arch == "aarch64"} <= names
+    assert "linux-headers-cloud-arm64" in names
+    assert any(re.fullmatch(r"linux-headers-\d+\.\d+-cloud-arm64", n) for n in names)
+    aarch64_security = [s for s in served if s.suite == "bookworm-security" and s.arch == "aarch64"]
+    assert {f"linux-headers-{s.release}" for s in aarch64_security} <= names
     assert not any(re.fullmatch(r"\d+\.\d+-cloud-arm64", s.release) for s in served)
 
 
@@ -402,7 +414,8 @@ def test_pinned_version_the_archive_no_longer_serves_names_package_and_suite(tmp
 def test_render_yaml_is_a_valid_kernels_list(tmp_path: Path) -> None:
     served = kernels_in(BOOKWORM_SECURITY, "bookworm-security", "arm64") + kernels_in(SID, "sid", "amd64")
     (tmp_path / "x.c").write_text("int x;\n")
-    head = "toolchain: {suite: bookworm, clang: 19}\nprograms:\n  x: {source: x.c}\nvariants:\n  syscall_wrapper: [true]\n  debug: [false]\n"
+    head = ("toolchain: {suite: bookworm, clang: 19}\nprograms:\n  x: {source: x.c}\n"
+            "variants:\n  syscall_wrapper: [true]\n  debug: [false]\n")
     (tmp_path / "kernels.yaml").write_text(head + render_yaml(served))
     matrix = load_matrix(tmp_path / "kernels.yaml")
     assert [k.release for k in matrix.kernels] == [s.release for s in served]

@@ -73,10 +73,13 @@ def test_good_matrix_derives_packages(tmp_path: Path) -> None:
         ("release: 6.1.0-50-cloud-amd64", "release: linux-6.1", 8, "kernels[0].release", "not a Debian kernel release"),
         ("hello: {source: hello.c}", "hello: {source: missing.c}", 3, "programs.hello.source", "no such file"),
         ("clang: 19", "clang: nineteen", 1, "toolchain.clang", "expected int"),
-        ("    version: 6.1.176-1\n", "    version: 6.1.176-1\n    flavor: cloud\n", 12, "kernels[0].flavor", "unknown key"),
+        ("    version: 6.1.176-1\n", "    version: 6.1.176-1\n    flavor: cloud\n", 12, "kernels[0].flavor",
+         "unknown key"),
     ],
 )
-def test_bad_matrix_names_file_line_and_key(tmp_path: Path, old: str, new: str, line: int, key: str, message: str) -> None:
+def test_bad_matrix_names_file_line_and_key(
+    tmp_path: Path, old: str, new: str, line: int, key: str, message: str
+) -> None:
     assert old in GOOD
     path = write(tmp_path, GOOD.replace(old, new, 1))
     with pytest.raises(ConfigError) as err:
@@ -137,7 +140,8 @@ def test_sixty_thousand_kernels_parse_and_a_late_duplicate_is_found_at_its_line(
     count = 60_000
     lines = GOOD.split("kernels:\n")[0].splitlines() + ["kernels:"]
     for i in range(count):
-        lines += [f"  - release: 6.1.0-{i}-cloud-amd64", "    arch: x86_64", "    suite: bookworm", "    version: 6.1.176-1"]
+        lines += [f"  - release: 6.1.0-{i}-cloud-amd64", "    arch: x86_64", "    suite: bookworm",
+                  "    version: 6.1.176-1"]
     path = write(tmp_path, "\n".join(lines) + "\n")
     assert len(load_matrix(path).kernels) == count
     duplicate_line = len(lines) + 1
@@ -155,8 +159,10 @@ def test_allowed_cflags_epoch_versions_and_in_repo_symlinks_parse(tmp_path: Path
     (tmp_path / "src").mkdir()
     (tmp_path / "src/real.c").write_text("int x;\n")
     (tmp_path / "link.c").symlink_to("src/real.c")
-    text = GOOD.replace("source: hello.c", "source: link.c").replace("version: 6.12.117-1", "version: 1:6.12.117-1~bpo12+1")
-    text += "    cflags: [-DFOO, -DBAR=1, -DV=6.1.0-x, -UBAZ, -Wall, -Wno-unused-variable, -Werror=format, -Wframe-larger-than=512]\n"
+    text = GOOD.replace("source: hello.c", "source: link.c").replace(
+        "version: 6.12.117-1", "version: 1:6.12.117-1~bpo12+1")
+    text += ("    cflags: [-DFOO, -DBAR=1, -DV=6.1.0-x, -UBAZ, -Wall, -Wno-unused-variable, -Werror=format, "
+             "-Wframe-larger-than=512]\n")
     matrix = load_matrix(write(tmp_path, text))
     assert matrix.programs[0].source == "link.c"
     arm = matrix.kernels[1]
