@@ -11,6 +11,7 @@ packages=(
   clang-19 llvm-19                           # runtime-compilation fallback on the host
   qemu-system-x86 qemu-system-arm cpio zstd  # invoke verify: boot each target kernel
   chromium fonts-dejavu-core                 # tests: dist/compat.html rendered headless
+  gcc libc6-dev                              # invoke bench: the event load generator (hidsbuild/loadgen.c)
   python3 python3-venv
 )
 missing=()
