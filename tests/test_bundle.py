@@ -73,7 +73,7 @@ def test_installed_wheel_ships_every_unit_and_verifies(venv: Path, one_shot_whee
     shown = subprocess.run([str(venv / "bin/hids-bytecode"), "--version"], capture_output=True, text=True, check=True)
     listed = json.loads(subprocess.run([str(venv / "bin/hids-bytecode"), "list", "--json"], capture_output=True,
                                        text=True, check=True).stdout)
-    verified = json.loads(subprocess.run([str(venv / "bin/hids-bytecode"), "verify", "--json"], capture_output=True,
+    verified = json.loads(subprocess.run([str(venv / "bin/hids-bytecode"), "audit", "--json"], capture_output=True,
                                          text=True, check=True).stdout)
     assert listed["version"] == version and version[len(VERSION) + 2:] == listed["source_hash"][:12]
     assert shown.stdout.strip() == f"hids-bytecode {version} (source {listed['source_hash']})"

@@ -1,5 +1,5 @@
 """The hids-bytecode command as a user runs it: one-line reasons and distinct exit codes for bad
-input, the integrity check before any bpf() call, list/verify/--version/--help."""
+input, the integrity check before any bpf() call, list/audit/--version/--help."""
 
 # ruff: noqa: E402
 from __future__ import annotations
@@ -32,7 +32,7 @@ COMMANDS = {
     "watch": ["programs", "--format", "--window-ms", "--count", *_SELECTION],
     "stats": ["programs", "--json", "--prometheus"],
     "list": ["--json"],
-    "verify": ["--json"],
+    "audit": ["--json"],
     "provenance": ["--json"],
 }
 
@@ -79,11 +79,11 @@ def test_every_command_explains_itself(command: str) -> None:
         assert len(_explanation(proc.stdout, name)) > 10, f"{command} --help does not explain {name}"
 
 
-def test_version_list_verify(loader_data: Path) -> None:
+def test_version_list_audit(loader_data: Path) -> None:
     assert run(loader_data, "--version").stdout.strip() == "hids-bytecode 0.0.test (source test" + "0" * 60 + ")"
     listed = json.loads(run(loader_data, "list", "--json").stdout)
     assert {o["kind"] for o in listed["objects"]} == {"exact", "core"}
-    verified = run(loader_data, "verify")
+    verified = run(loader_data, "audit")
     assert verified.returncode == 0 and "4/4 objects ok" in verified.stdout
 
 
@@ -92,7 +92,7 @@ def test_missing_and_malformed_manifest(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     assert_one_line_failure(run(tmp_path, "select"), "ManifestError")
     (tmp_path / "manifest.json").write_text(json.dumps({"schema": 1, "objects": [{"unit": "x"}]}))
-    proc = run(tmp_path, "verify")
+    proc = run(tmp_path, "audit")
     assert_one_line_failure(proc, "ManifestError")
     assert "lacks program" in proc.stderr
 
@@ -116,7 +116,7 @@ def test_tampered_object_is_refused_before_any_bpf_call(loader_data: Path, tmp_p
     assert_one_line_failure(proc, "IntegrityError")
     assert hashlib.sha256(obj.read_bytes()).hexdigest()[:16] in proc.stderr
     assert not Path(f"/sys/fs/bpf/hids-test-{os.getpid()}").exists()
-    verified = run(data, "verify")
+    verified = run(data, "audit")
     assert verified.returncode == EXIT_CODES["IntegrityError"] and "FAIL mini/" in verified.stdout
 
 

@@ -139,7 +139,7 @@ def test_selection_table(tmp_path: Path, release: str, version: str, arch: str, 
     if btf:
         btf_file.write_bytes(b"btf")
     facts = gather(_uname(release, version, arch), kallsyms=KALLSYMS / sample, btf_path=btf_file)
-    choice = select(_manifest(), facts, "file", verify=False)
+    choice = select(_manifest(), facts, "file", read=False)
     assert (choice.stage, choice.entry.unit) == (stage, unit)
     assert choice.steps[-1].taken and not any(s.taken for s in choice.steps[:-1])
 
@@ -155,7 +155,7 @@ def _old_host(tmp_path: Path, btf: bool, sample: str = "ubuntu-xenial-4.4-x86_64
 def test_pre_wrapper_kernel_gets_no_core_object(tmp_path: Path) -> None:
     # CO-RE objects are built with the wrapper only; a 4.4 kernel has none, and no BTF either.
     with pytest.raises(BtfUnavailable) as refused:
-        select(_manifest(), _old_host(tmp_path, btf=False), "file", verify=False)
+        select(_manifest(), _old_host(tmp_path, btf=False), "file", read=False)
     assert "syscall_wrapper True != host False" in str(refused.value)
     assert "runtime compilation is off" in str(refused.value)
     assert "\n" not in str(refused.value)
@@ -165,14 +165,14 @@ def test_strict_refuses_anything_but_exact(tmp_path: Path) -> None:
     facts = gather(_uname("5.15.0-91-generic", "#101-Ubuntu SMP", "x86_64"),
                    kallsyms=KALLSYMS / "debian-bookworm-6.1-x86_64", btf_path=Path("/sys/kernel/btf/vmlinux"))
     with pytest.raises(NoMatch, match="--strict allows exact matches only"):
-        select(_manifest(), facts, "file", strict=True, verify=False)
-    assert select(_manifest(), facts, "file", verify=False).stage == "core"
+        select(_manifest(), facts, "file", strict=True, read=False)
+    assert select(_manifest(), facts, "file", read=False).stage == "core"
 
 
 def test_debug_flag_selects_the_debug_variant(tmp_path: Path) -> None:
     facts = gather(_uname("6.1.0-50-cloud-amd64", "#1 SMP Debian 6.1.176-1", "x86_64"),
                    kallsyms=KALLSYMS / "debian-bookworm-6.1-x86_64")
-    chosen = select(_manifest(), facts, "file", debug=True, verify=False)
+    chosen = select(_manifest(), facts, "file", debug=True, read=False)
     assert chosen.entry.unit == "file/6.1.0-50-cloud-amd64/w1d1"
 
 

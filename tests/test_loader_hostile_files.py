@@ -248,7 +248,7 @@ def test_manifest_path_outside_or_unnormalised_is_refused(shape: str, loader_dat
     bad = {"absolute": str(data / rel), "dotdot": "../outside/x.o", "dotdot-inside": f"objects/../{rel}",
            "dot": f"./{rel}", "empty": ""}[shape]
     _edit(data, "mini", object=bad)
-    for command in (["select", "mini"], ["load", "mini"], ["verify"], ["list"]):
+    for command in (["select", "mini"], ["load", "mini"], ["audit"], ["list"]):
         stderr = one_line(run(data, *command, HIDS_LIBBPF="/nonexistent/libbpf.so.1"), "ManifestError")
         assert "objects[" in stderr and "object" in stderr
 
@@ -257,7 +257,7 @@ def test_source_path_escaping_the_data_dir_is_refused(loader_data: Path, tmp_pat
     data = clone_data(loader_data, tmp_path / "data")
     entry = _object(data, "mini")
     _edit(data, "mini", source={**entry["source"], "path": "/etc/shadow"})
-    assert "source path '/etc/shadow' is absolute" in one_line(run(data, "verify"), "ManifestError")
+    assert "source path '/etc/shadow' is absolute" in one_line(run(data, "audit"), "ManifestError")
 
 
 @pytest.mark.parametrize("where", ["file", "directory"])
@@ -274,7 +274,7 @@ def test_symlinked_object_is_refused(where: str, loader_data: Path, tmp_path: Pa
         (data / "objects").symlink_to(elsewhere)
     stderr = one_line(run(data, "load", "mini", HIDS_LIBBPF="/nonexistent/libbpf.so.1"), "IntegrityError")
     assert "is a symlink" in stderr
-    verified = run(data, "verify")
+    verified = run(data, "audit")
     assert verified.returncode == EXIT_CODES["IntegrityError"] and "is a symlink" in verified.stdout
 
 
@@ -299,7 +299,7 @@ def test_object_whose_programs_or_maps_differ_from_its_entry_is_refused(loader_d
           programs=[*entry["programs"], {"name": "extra__kprobe", "section": "kprobe/x", "type": "kprobe"}])
     stderr = refused(run(data, "select", "mini"), "IntegrityError")
     assert "maps not in its manifest entry: config" in stderr and "extra__kprobe (kprobe/x)" in stderr
-    verified = run(data, "verify")
+    verified = run(data, "audit")
     assert verified.returncode == EXIT_CODES["IntegrityError"]
     assert "does not match its manifest entry" in verified.stdout
     # Restored: accepted again (the check is not refusing everything).

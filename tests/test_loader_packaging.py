@@ -37,7 +37,7 @@ def test_installed_layout_finds_its_data_without_the_env_var(loader_data: Path, 
     shutil.rmtree(site / "hids_bytecode" / "data", ignore_errors=True)
     shutil.copytree(loader_data, site / "hids_bytecode" / "data")
     env = {k: v for k, v in os.environ.items() if k != "HIDS_BYTECODE_DATA"}
-    proc = subprocess.run([sys.executable, "-m", "hids_bytecode", "verify"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "hids_bytecode", "audit"], capture_output=True, text=True,
                           env={**env, "PYTHONPATH": str(site)}, cwd=tmp_path)
     assert proc.returncode == 0 and "4/4 objects ok" in proc.stdout, proc.stderr
 

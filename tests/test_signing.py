@@ -199,8 +199,8 @@ def test_signed_wheel_verifies_and_loads(data: Path, trusted: Path, keys: dict[s
         in explain.stdout.splitlines()
     as_json = json.loads(cli(data, "--trusted-keys", str(trusted), "select", "--json", "mini").stdout)
     assert as_json["signature"]["signer"] == {"file": "fleet.pub", "fingerprint": fingerprint(keys["pub"])}
-    verify = cli(data, "--trusted-keys", str(trusted), "verify")
-    assert verify.returncode == 0 and verify.stdout.strip().endswith("objects ok")
+    audit = cli(data, "--trusted-keys", str(trusted), "audit")
+    assert audit.returncode == 0 and audit.stdout.strip().endswith("objects ok")
     load = cli(data, "--trusted-keys", str(trusted), "load", "mini")
     try:
         assert load.returncode == 0, load.stderr
@@ -259,7 +259,7 @@ def test_refused_before_any_bpf_call(attack: Any, error: str, data: Path, truste
     assert "bpf(" not in trace.read_text()  # not one bpf() call: nothing of the object reached the kernel
     assert not Path(PIN_ROOT).exists()
     if error == "SignatureError":  # every command reads the manifest through the same check
-        for args in (["select", "mini"], ["verify"], ["list"], ["provenance"], ["--version"]):
+        for args in (["select", "mini"], ["audit"], ["list"], ["provenance"], ["--version"]):
             assert cli(data, "--trusted-keys", str(trusted), *args).returncode == EXIT_CODES[error], args
 
 
@@ -328,11 +328,11 @@ def test_provenance_covered_by_the_signature(data: Path, trusted: Path) -> None:
                                        ("manifest.json", "manifest.json.sig", "provenance.json")}
     for name, sha in subjects.items():
         assert hashlib.sha256((site / name).read_bytes()).hexdigest() == sha, name
-    verified = cli(data, "--trusted-keys", str(trusted), "verify")
+    verified = cli(data, "--trusted-keys", str(trusted), "audit")
     assert verified.returncode == 0 and "every file the provenance names matches" in verified.stdout, verified.stdout
-    code = site / "hids_bytecode" / "cli.py"  # the installed loader's own code is audited by `verify` too
+    code = site / "hids_bytecode" / "cli.py"  # the installed loader's own code is audited by `audit` too
     code.write_bytes(code.read_bytes() + b"\n# changed after the build\n")
-    audit = cli(data, "--trusted-keys", str(trusted), "verify")
+    audit = cli(data, "--trusted-keys", str(trusted), "audit")
     assert audit.returncode == EXIT_CODES["IntegrityError"], audit.stdout
     assert "FAIL hids_bytecode/cli.py: differs from the provenance's sha256" in audit.stdout
     provenance = data / "provenance.json"

@@ -92,7 +92,7 @@ def test_build_index_table_and_manifest_name_the_skipped_variants(built_project:
     facts = what_if(RELEASES[0], "x86_64")
     facts = dataclasses.replace(facts, wrapper=WrapperFact(False, "", "test: a host without the wrapper", 0, False))
     try:
-        select(load_manifest(data), facts, "hello", verify=False)
+        select(load_manifest(data), facts, "hello", read=False)
     except NoMatch as exc:
         steps = [s for s in exc.steps if s.stage == "exact" and RELEASES[0] in s.candidate]
         assert steps and all(not s.taken and "syscall_wrapper" in s.reason for s in steps), exc.steps

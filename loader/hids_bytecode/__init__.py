@@ -1,4 +1,4 @@
-"""hids_bytecode: pick, verify, load and attach the prebuilt eBPF objects of this wheel, and stream
+"""hids_bytecode: pick, hash-check, load and attach the prebuilt eBPF objects of this wheel, and stream
 their events. Standard library plus the system libbpf.so.1 only.
 
     import hids_bytecode

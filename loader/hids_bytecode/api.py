@@ -1,7 +1,7 @@
 """The loader's Python API: what the CLI runs, usable by an agent directly.
 
     facts = hostinfo.gather(); choice = choose("file", facts)
-    result = load("file")            # select, verify, load, attach, pin
+    result = load("file")            # select, hash-check, load, attach, pin
     for event in watch("file"): ...  # decoded events as dicts; this process is the ring's one consumer
     with stream(["process", "file"], format="ecs") as s:  # several families, one process (eventstream.py)
         for event in s: ...
@@ -96,7 +96,7 @@ def check_agent_pid(pid: int) -> int:
 
 def load(program: str, options: Options = Options(), facts: HostFacts | None = None,
          agent_pid: int | None = None) -> LoadResult:
-    """Select, verify, load, attach and pin `program`; the pins outlive this process.
+    """Select, hash-check, load, attach and pin `program`; the pins outlive this process.
 
     `config` gets `agent_pid` (an agent that will read the pins and must clear it when it stops,
     docs/PINS.md) or 0: never this process's pid, which dies and can be reused."""

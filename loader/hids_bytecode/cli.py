@@ -1,4 +1,4 @@
-"""`hids-bytecode` (also `python -m hids_bytecode`): select, load, unload, watch, stats, list, verify, provenance.
+"""`hids-bytecode` (also `python -m hids_bytecode`): select, load, unload, watch, stats, list, audit, provenance.
 
 Expected failures print one line, `hids-bytecode: <reason>`, and exit with the error's own code
 (errors.py); `--json` output is for agents.
@@ -16,7 +16,7 @@ from typing import Any
 from . import api
 from .errors import EXIT_CODES, HidsError, IntegrityError, InvalidArgument, NotPermitted
 from .hostinfo import SUPPORTED_ARCHES, what_if
-from .integrity import provenance_problems, verify_manifest
+from .integrity import audit_objects, provenance_problems
 from .manifest import DATA_ENV, Manifest, load_manifest, read_provenance
 from .selection import RUNTIME_ENV, Step, explain_lines
 from .trust import DEFAULT_KEYS_DIR, TrustPolicy
@@ -141,9 +141,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                                        "The manifest's signature covers it (its sha256 is in the manifest).")
         p.add_argument("--json", action="store_true", help="the statement itself, as JSON")
 
-    if only in (None, "verify"):
-        p = sub.add_parser("verify", help="check every object's sha256 against the manifest",
-                           description="Hash every object and shipped source; exits non-zero if any differs.")
+    if only in (None, "audit"):
+        p = sub.add_parser("audit", help="check every shipped file against the manifest and the provenance",
+                           description="Hash every object and shipped source against the (signature-checked) "
+                                       "manifest, and every file the provenance names, the loader's own code "
+                                       "included; exits non-zero if any differs.")
         p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -287,9 +289,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _cmd_audit(args: argparse.Namespace) -> int:
     manifest = _manifest(args)
-    results = verify_manifest(manifest)
+    results = audit_objects(manifest)
     bad = [r for r in results if not r.ok]
     # The provenance names every shipped file: the loader's own code is audited too.
     files = provenance_problems(manifest)
@@ -327,7 +329,7 @@ def _cmd_provenance(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"select": _cmd_select, "load": _cmd_load, "unload": _cmd_unload, "watch": _cmd_watch, "stats": _cmd_stats,
-             "list": _cmd_list, "verify": _cmd_verify, "provenance": _cmd_provenance}
+             "list": _cmd_list, "audit": _cmd_audit, "provenance": _cmd_provenance}
 
 
 def _command_in(argv: list[str]) -> str | None:

@@ -19,7 +19,7 @@ from .errors import HidsError, IntegrityError
 from .manifest import Entry, Manifest, read_provenance
 
 __all__ = ["provenance_problems", "read_verified", "read_object", "read_source", "source_problem", "check_inventory",
-           "VerifyResult", "verify_manifest"]
+           "AuditResult", "audit_objects"]
 
 
 def _hashed(data: bytes, path: Path, sha256: str, what: str) -> bytes:
@@ -102,13 +102,13 @@ def source_problem(entry: Entry) -> str | None:
 
 
 @dataclass(frozen=True)
-class VerifyResult:
+class AuditResult:
     entry: Entry
     ok: bool
     reason: str
 
 
-def verify_manifest(manifest: Manifest) -> list[VerifyResult]:
+def audit_objects(manifest: Manifest) -> list[AuditResult]:
     """Every object (and shipped source) of the manifest against its recorded hash and inventory."""
     results = []
     for entry in manifest.entries:
@@ -116,9 +116,9 @@ def verify_manifest(manifest: Manifest) -> list[VerifyResult]:
             read_object(entry)
             if entry.raw.get("source"):
                 read_source(entry)
-            results.append(VerifyResult(entry, True, "ok"))
+            results.append(AuditResult(entry, True, "ok"))
         except IntegrityError as exc:
-            results.append(VerifyResult(entry, False, str(exc)))
+            results.append(AuditResult(entry, False, str(exc)))
     return results
 
 

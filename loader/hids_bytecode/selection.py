@@ -85,8 +85,8 @@ def _core_step(e: Entry, facts: HostFacts, debug: bool) -> Step:
 
 
 def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = False,
-           strict: bool = False, runtime_compile: bool = False, verify: bool = True) -> Choice:
-    """Pick the object for `program` on this host, or raise with every reason; `verify=False` skips
+           strict: bool = False, runtime_compile: bool = False, read: bool = True) -> Choice:
+    """Pick the object for `program` on this host, or raise with every reason; `read=False` skips
     reading the chosen object (a decision over entries whose files are not at hand)."""
     entries = [e for e in manifest.entries if e.program == program]
     if not entries:
@@ -96,7 +96,7 @@ def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = 
         step = _exact_step(e, facts, debug)
         steps.append(step)
         if step.taken:
-            if verify:
+            if read:
                 read_object(e)
             return Choice(program, "exact", e, tuple(steps))
     if not any(e.kind == "exact" for e in entries):
@@ -110,7 +110,7 @@ def select(manifest: Manifest, facts: HostFacts, program: str, *, debug: bool = 
         step = _core_step(e, facts, debug)
         steps.append(step)
         if step.taken:
-            if verify:
+            if read:
                 read_object(e)
             return Choice(program, "core", e, tuple(steps))
     if not any(e.kind == "core" for e in entries):
