@@ -4,8 +4,8 @@ into place: pins.py), and undoes all of it when a step fails or a signal arrives
 `LoadedObject` is a context manager whose exit detaches and frees what this process holds (pins
 stay). `load`, `watch`/`stream` and the VM guest check all go through it.
 
-Groups are `<group>__<hook>` programs; per docs/DESIGN.md the kprobe family is tried first, then the
-tracepoint family, and a family is used only when all its programs attach."""
+Groups are `<group>__<hook>` hooks (BPF functions); per docs/DESIGN.md the kprobe hooks are tried first,
+then the tracepoint hooks, and one hook type is used only when all its hooks attach."""
 
 from __future__ import annotations
 

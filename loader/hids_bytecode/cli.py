@@ -77,7 +77,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if only in (None, "load"):
         p = sub.add_parser("load", help="load, attach and pin programs under /sys/fs/bpf/hids/<program>/",
                            description="Select and hash-check each program's object, load it, write the agent's pid "
-                                       "(--agent-pid, else 0: filter nothing) into `config`, attach (kprobe family "
+                                       "(--agent-pid, else 0: filter nothing) into `config`, attach (kprobe hooks "
                                        "first, then tracepoints) and pin maps, programs and links so they stay after "
                                        "this command exits. All or nothing per program; a second load of a loaded "
                                        "program is refused before any bpf() call (docs/PINS.md).")
