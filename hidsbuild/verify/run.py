@@ -38,10 +38,10 @@ from .page import write_page
 from .rootfs import initramfs
 from .vm import boot, stop_all
 
-# qemu 7.2's TCG now and then corrupts EFLAGS (after cmpxchg16b, in the IRET-to-self of sync_core)
-# and 6.12.95+deb12 oopses before its /init, in one boot out of two or three under load. A guest that
-# dies before /init ran (the line templates/guest-init.sh.j2 prints first) has run none of the checks
-# and is booted again, each crash kept in the result; one that died later is never retried.
+# qemu 7.2's TCG corrupts EFLAGS after SLUB's cmpxchg16b: with CMPXCHG16B (hids_bytecode.arches),
+# 6.12.95+deb12 oopsed before its /init in two boots of three. Any guest that dies before /init ran
+# (the line templates/guest-init.sh.j2 prints first) has run none of the checks and is booted again,
+# each crash kept in the result; one that died later is never retried.
 BOOT_ATTEMPTS = 5
 GUEST_BOOTED = "hids-verify: booted"
 
