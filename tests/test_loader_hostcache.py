@@ -111,6 +111,14 @@ def test_file_of_another_user_in_roots_directory_is_refused_and_replaced(run_dir
     assert "cached for this boot" in _source(gather())
 
 
+def test_oversized_facts_file_is_refused_unread(run_dir: Path) -> None:
+    gather()
+    (run_dir / FACTS_NAME).write_bytes(b" " * (1 << 20))
+    facts = gather()
+    assert "cache refused: more than 65536 bytes" in _source(facts)
+    assert facts.wrapper == detect_syscall_wrapper()
+
+
 def test_directory_others_can_write_is_refused(run_dir: Path) -> None:
     gather()
     os.chmod(run_dir, 0o777)

@@ -24,7 +24,8 @@ import pytest
 pytest.register_assert_rewrite("conftest_loader")
 pytest_plugins = ["conftest_loader"]
 
-from hids_bytecode import api
+from hids_bytecode import api, eventstream
+from hids_bytecode.errors import InvalidArgument, RingCorrupt
 from hids_bytecode.pins import PIN_ENV
 from hids_bytecode.ringbuf import BUSY, DISCARD, MMAP_SAFE, RingReader
 
@@ -126,6 +127,24 @@ def test_the_budget_leaves_the_rest_for_the_next_round(ring: FakeRing) -> None:
         ring.put(bytes([i]) * 4)
     assert _take(ring, budget=2) == ([b"\0" * 4, b"\1" * 4], True)
     assert _take(ring, budget=10) == ([bytes([i]) * 4 for i in range(2, 5)], False)
+
+
+def test_a_record_ending_past_the_producer_is_refused_and_nothing_published(ring: FakeRing) -> None:
+    """Only a kernel bug writes such a length; publishing it would move the consumer beyond the
+    producer and make the kernel refuse every reservation after."""
+    ring.put(b"good")
+    bad = ring.put(b"short")
+    ring.set_flags(bad, 0x3FFFFFFF, 0)
+    with pytest.raises(RingCorrupt, match="ends past the producer"):
+        _take(ring)
+    assert ring.consumer() == bad  # the good record passed, the bad one not
+
+
+def test_the_mmap_reader_is_refused_where_its_loads_are_not_acquires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This host is x86_64; an arm64 host (or a 32-bit Python) is stood in for by the flag."""
+    monkeypatch.setattr(eventstream, "MMAP_SAFE", False)
+    with pytest.raises(InvalidArgument, match="needs x86_64"):
+        api.stream(["file"], reader="mmap")
 
 
 def test_a_record_that_wraps_is_read_whole(ring: FakeRing) -> None:

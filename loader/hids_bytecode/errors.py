@@ -18,7 +18,7 @@ __all__ = [
     "KallsymsUndecided", "BtfUnavailable", "NoMatch", "IntegrityError", "LibbpfMissing",
     "LoadError", "AttachError", "RuntimeCompileError", "MountError", "NotLoaded", "BpftoolError",
     "NotPermitted", "AlreadyLoaded", "PinTreeError", "InvalidArgument", "Busy", "Interrupted",
-    "HostFactError", "SignatureError", "TrustStoreError", "EXIT_CODES",
+    "HostFactError", "SignatureError", "TrustStoreError", "RingCorrupt", "EXIT_CODES",
 ]
 
 
@@ -157,6 +157,13 @@ class TrustStoreError(HidsError):
     root's) or unreadable: refused, never skipped."""
 
     exit_code = 32
+
+
+class RingCorrupt(HidsError):
+    """A ring buffer record header the kernel cannot have written (it ends past the producer):
+    the ring is not read further rather than publishing a consumer position the kernel never gave."""
+
+    exit_code = 33
 
 
 EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in HidsError.__subclasses__()}

@@ -125,7 +125,10 @@ class Stream:
             raise InvalidArgument(f"unknown format {format!r}: one of {', '.join(FORMATS)}")
         if reader not in READERS:
             raise InvalidArgument(f"unknown ring reader {reader!r}: one of {', '.join(READERS)}")
-        self.mmap_rings = reader == "mmap" or (reader == "auto" and MMAP_SAFE)
+        if reader == "mmap" and not MMAP_SAFE:
+            raise InvalidArgument("reader 'mmap' needs x86_64 and a 64-bit Python (ring positions are read "
+                                  "without barriers): use 'auto' or 'libbpf'")
+        self.mmap_rings = reader != "libbpf" and MMAP_SAFE
         self.options = options or api.Options()
         self.format = format
         self.window_ns = max(0, window_ms) * 1_000_000
@@ -450,8 +453,11 @@ class Stream:
                 source.dropped = {}
 
     def _drain(self) -> None:
+        """Read what the rings held when called, no more: a ring flooded meanwhile cannot hold the
+        stream here (signals are deferred around this)."""
         for ring, accept in self._rings:
-            while ring.consume(accept, _BUDGET)[1]:
+            stop = ring.producer_pos
+            while ring.consume(accept, _BUDGET)[1] and ring.consumer_pos < stop:
                 pass
         for handle, consume, _ in self._buffers:
             self._taken = 0

@@ -26,6 +26,7 @@ __all__ = ["RUN_ENV", "RUN_DIR", "FACTS_NAME", "Lookup", "run_dir", "boot_id", "
 RUN_ENV = "HIDS_BYTECODE_RUN"
 RUN_DIR = Path("/run/hids-bytecode")
 FACTS_NAME = "facts.json"
+_MAX_FACTS = 64 * 1024  # the file holds a few hundred bytes; anything larger is not ours
 _FORMAT = 1
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -85,7 +86,7 @@ def lookup(kallsyms: Path) -> Lookup:
     except (OSError, Unsafe) as exc:
         return Lookup(None, f"cache refused: {exc}", where)
     try:
-        raw = read_fd(open_private_file(dir_fd, FACTS_NAME, str(where / FACTS_NAME)))
+        raw = read_fd(open_private_file(dir_fd, FACTS_NAME, str(where / FACTS_NAME)), limit=_MAX_FACTS)
         doc = json.loads(raw)
     except FileNotFoundError:
         return Lookup(None, "no cache yet", where)

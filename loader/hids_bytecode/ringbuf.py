@@ -19,14 +19,19 @@ from __future__ import annotations
 import mmap
 import os
 import platform
+import sys
 from collections.abc import Callable
+
+from .errors import RingCorrupt
 
 __all__ = ["RingReader", "MMAP_SAFE", "BUSY", "DISCARD"]
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
 _HDR = 8
-MMAP_SAFE = platform.machine() in ("x86_64", "AMD64")  # total store order: plain loads are acquires
+# x86's total store order makes plain loads acquires; a 32-bit interpreter would read the 8-byte
+# positions in two halves and could see a torn one.
+MMAP_SAFE = platform.machine() in ("x86_64", "AMD64") and sys.maxsize > 2**32
 
 Accept = Callable[[memoryview, int, int], None]  # (data, offset of the record's bytes, length)
 
@@ -78,10 +83,13 @@ class RingReader:
             if length & BUSY:
                 return taken, False
             size = length & ~(BUSY | DISCARD)
+            end = pos + ((size + _HDR + 7) & ~7)
+            if end > producer:  # only a kernel bug writes this: never publish a position past the producer
+                raise RingCorrupt(f"ring record of {size} bytes at {pos} ends past the producer ({producer})")
             if not length & DISCARD:
                 accept(data, offset + _HDR, size)
                 taken += 1
-            pos += (size + _HDR + 7) & ~7
+            pos = end
             consumer[0] = pos
             if pos >= producer:
                 producer = self._producer[0]  # more may have been committed meanwhile

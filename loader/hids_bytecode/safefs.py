@@ -166,11 +166,14 @@ def open_private_file(dir_fd: int, name: str, shown: str) -> int:
     return fd
 
 
-def read_fd(fd: int) -> bytes:
-    """Everything from `fd`, which is then closed."""
+def read_fd(fd: int, limit: int | None = None) -> bytes:
+    """Everything from `fd`, which is then closed; more than `limit` bytes raises Unsafe."""
     with os.fdopen(fd, "rb") as f:
         os.set_blocking(fd, True)
-        return f.read()
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise Unsafe(f"more than {limit} bytes")
+    return data
 
 
 def trusted_executable(path: Path, executable: bool = True) -> Path | None:
