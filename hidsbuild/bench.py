@@ -120,7 +120,8 @@ def bench_serial(matrix_path: Path, shared: Path, work: Path) -> tuple[dict[str,
         first.setdefault(f"{'.'.join(k.upstream.split('.')[:2])}/{k.arch}", k.release)
     sample = [k for k in doc["kernels"] if k["release"] in first.values()]
     copy = _project_copy(matrix_path, work / "serial", sample)
-    with step(f"serial compile of {len(sample)} kernel(s), one per series, and {len(matrix.core)} CO-RE target(s), --jobs 1"):
+    what = f"{len(sample)} kernel(s), one per series, and {len(matrix.core)} CO-RE target(s)"
+    with step(f"serial compile of {what}, --jobs 1"):
         _, result = _quiet_build(BuildOptions(copy, work / "serial-build", _cache_with_shared_inputs(work, shared),
                                               parallel=1))
     spent: dict[str, list[float]] = {}
