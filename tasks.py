@@ -226,8 +226,8 @@ def _discover_toolchain(matrix: Path, write: bool) -> None:
         "dist": "bench.json goes here (default: dist/)",
         "runs": "runs per figure; medians are reported (default: 3)",
         "calls": "in-process select() calls (default: 1000)",
-        "scaling": "kernel counts for the scaling figure, comma-separated; counts beyond the matrix add kernels the "
-                   "archive serves (kernels.discover, newest first) (default: 1,2,4,8,16)",
+        "scaling": "kernel counts for the scaling figure, comma-separated; counts beyond the matrix add "
+                   "kernels-all.yaml's (served ones), newest first (default: 1,2,4,8,16)",
         "only": "comma-separated sections to run: build, wheel, loader, events, discover (default: all; loader "
                 "and events without wheel use the newest wheel in --dist)",
     }
