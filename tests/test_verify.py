@@ -197,7 +197,7 @@ def test_strict_fails_on_an_unproved_kernel(verify_project: Path, mini_objects: 
 # --- every hook, every event (issue 15): real bpf/ objects, their workloads, CO-RE in the guest --------
 
 VERIFY_DIR = ROOT / "hidsbuild" / "verify"
-# The CI's short verify: one exact object per family, spread over the two kernels, and one CO-RE
+# The CI's short verify: one exact object per program, spread over the two kernels, and one CO-RE
 # object, checked on both (`invoke verify` checks every object and variant of every kernel).
 REAL_UNITS = {
     "6.1.0-50-cloud-amd64": ("process", "kernel"),
@@ -227,13 +227,13 @@ def test_declared_event_kinds_are_the_probe_sources_and_each_has_a_workload() ->
     from hidsbuild.verify import workloads
 
     assert sorted(workloads.DECLARED) == sorted(p.name.split(".")[0] for p in (ROOT / "bpf").glob("*.bpf.c"))
-    for family, kinds in workloads.DECLARED.items():
-        emitted = set(re.findall(r"HIDS_EV_([A-Z_]+)", (ROOT / "bpf" / f"{family}.bpf.c").read_text()))
-        assert {k.upper() for k in kinds} == emitted, family
+    for program, kinds in workloads.DECLARED.items():
+        emitted = set(re.findall(r"HIDS_EV_([A-Z_]+)", (ROOT / "bpf" / f"{program}.bpf.c").read_text()))
+        assert {k.upper() for k in kinds} == emitted, program
         # Every declared kind has at least one expected event, with at least one field checked.
-        expected = workloads.expectations(family, _any_facts())
-        assert {e.kind for e in expected} == set(kinds), family
-        assert all(e.fields for e in expected), family
+        expected = workloads.expectations(program, _any_facts())
+        assert {e.kind for e in expected} == set(kinds), program
+        assert all(e.fields for e in expected), program
 
 
 def test_a_field_that_differs_fails_its_kind(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,7 +308,7 @@ def test_network_workload_connects_over_ipv4_and_ipv6() -> None:
 
 def test_a_guest_without_core_rows_fails(tmp_path: Path) -> None:
     from hidsbuild.kernels import load_matrix
-    from hidsbuild.verify.matrix import KernelResult
+    from hidsbuild.verify.results import KernelResult
     from hidsbuild.verify.run import _expected_units, _Guest, _unchecked
 
     release = "6.1.0-50-cloud-amd64"
@@ -453,7 +453,7 @@ def test_a_guest_that_dies_before_init_is_booted_again(monkeypatch: pytest.Monke
     from hidsbuild.kernels import load_matrix
     from hidsbuild.verify import run
     from hidsbuild.verify.images import KernelImage
-    from hidsbuild.verify.matrix import KernelResult
+    from hidsbuild.verify.results import KernelResult
     from hidsbuild.verify.vm import Boot
 
     kernel = next(k for k in load_matrix(ROOT / "kernels.yaml").kernels if k.release == "6.12.95+deb12-cloud-amd64")

@@ -1,12 +1,12 @@
 """Runs inside the verification VM, never on the build host: for every object built for the running
 kernel and every CO-RE object of its arch, select it through the shipped loader, load it, attach
-it, run the workloads of its family (workloads.py) and read every declared event kind back with
+it, run the workloads of its program (workloads.py) and read every declared event kind back with
 its fields checked; then detach, drain, and reconcile the in-kernel counters with the events read.
 
 A program that did not attach is n/a only when the guest's own facts prove its hook absent (its
 kprobe symbol missing from /proc/kallsyms, its tracepoint missing from tracefs). When the loader
-attached a group's kprobes, its tracepoint alternatives would go unproved: so every program outside
-the kprobe family is then attached together (the path of a kernel without kprobes) and the
+attached a group's kprobes, its tracepoint alternatives would go unproved: so every hook outside
+the kprobe type is then attached together (the path of a kernel without kprobes) and the
 workload runs again, with the same checks (`tracepoint_pass` in the row).
 
 Only the standard library and the installed `hids_bytecode` package are available here. The result
@@ -45,8 +45,8 @@ QUIET_S = 1.5  # no new event for this long: the ring is drained
 WORKLOAD_TIMEOUT_S = 180.0
 WORKLOADS = Path(workloads.__file__)
 MODULES = Path("/opt/hids/modules")  # one module of the guest's kernel, when the image package had one
-# Programs without a declared family (test probes) get the process workload: it execs and opens.
-FALLBACK_FAMILY = "process"
+# Programs without declared events (test probes) get the process workload: it execs and opens.
+FALLBACK_PROGRAM = "process"
 
 
 def _variant_facts(facts: Any, wrapper: bool) -> Any:
@@ -142,11 +142,11 @@ def _program_rows(reports: list[Any], hooks: HookFacts) -> list[dict[str, str]]:
     over: the tracepoint pass decides it), n/a (its hook proven absent) or failed."""
     rows = []
     for report in reports:
-        row = {"program": report.name, "section": report.section, "family": report.family,
+        row = {"program": report.name, "section": report.section, "hook_type": report.hook_type,
                "status": report.status, "message": report.message, "proof": "failed", "pass": "loader"}
         if report.status == "attached":
             row["proof"] = "attached"
-        elif report.status == "skipped" and report.family != "kprobe":
+        elif report.status == "skipped" and report.hook_type != "kprobe":
             row["proof"] = "pending"
         else:
             why = hooks.absent(report.section)
@@ -157,10 +157,10 @@ def _program_rows(reports: list[Any], hooks: HookFacts) -> list[dict[str, str]]:
 
 
 def _attach_tracepoint_path(loaded: Any, rows: list[dict[str, str]], hooks: HookFacts) -> None:
-    """Attach every program outside the kprobe family: the path a kernel without kprobes runs,
+    """Attach every hook outside the kprobe type: the path a kernel without kprobes runs,
     which holds each alternative the loader passed over."""
     for row in rows:
-        if row["family"] == "kprobe" or row["proof"] == "n/a":
+        if row["hook_type"] == "kprobe" or row["proof"] == "n/a":
             continue
         with lb.capture() as log:
             link = loaded.lib.bpf_program__attach(loaded.programs[row["program"]])
@@ -173,19 +173,19 @@ def _attach_tracepoint_path(loaded: Any, rows: list[dict[str, str]], hooks: Hook
         row.update(proof="n/a" if why else "failed", status="n/a" if why else "failed",
                    message=why or " ".join(text.strip() for _, text in log)[-300:] or lb.errno_text()[1],
                    **{"pass": "tracepoint"})
-def _workload(family: str, unit: str) -> subprocess.Popen:
-    """`family`'s workload started in its own process, to be polled while it runs."""
+def _workload(program: str, unit: str) -> subprocess.Popen:
+    """`program`'s workload started in its own process, to be polled while it runs."""
     work = f"/tmp/hids-work/{unit.replace('/', '_')}"
     module = next(iter(sorted(MODULES.glob("*.ko"))), None)
-    cmd = [sys.executable, "-B", str(WORKLOADS), family, work] + ([str(module)] if module else [])
+    cmd = [sys.executable, "-B", str(WORKLOADS), program, work] + ([str(module)] if module else [])
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _kind_checks(family: str | None, facts: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+def _kind_checks(program: str | None, facts: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
     """Each declared kind: ok when every expectation of it matched one event of the workload; n/a
     when the guest proved each of them impossible (the proofs under "n/a")."""
     checks: dict[str, Any] = {}
-    for want in workloads.expectations(family, facts) if family else []:
+    for want in workloads.expectations(program, facts) if program else []:
         check = checks.setdefault(want.kind, {"status": "n/a", "count": 0, "expected": [], "got": []})
         if want.na:
             check.setdefault("n/a", []).append(want.na)
@@ -232,10 +232,10 @@ def _pass(loaded: Any, lib: Any, schema: Any, reader: Reader, entry: Any, name: 
     """One run of the object's workload over the links attached now: the workload's events by kind,
     each declared kind checked on its fields, then the counters reconciled (which detaches).
     `start` and `baseline` are the events read and the counters as they stood before the links."""
-    family = entry.program if entry.program in workloads.DECLARED else None
+    declared = entry.program if entry.program in workloads.DECLARED else None
     result: dict[str, Any] = {"events": {}, "kinds": {}, "counters": {}, "workload": {}, "timing": {}, "error": ""}
     mark = time.monotonic()
-    proc = _workload(family or FALLBACK_FAMILY, f"{entry.unit}/{name}")
+    proc = _workload(declared or FALLBACK_PROGRAM, f"{entry.unit}/{name}")
     deadline = time.monotonic() + WORKLOAD_TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
         reader.poll()
@@ -244,13 +244,13 @@ def _pass(loaded: Any, lib: Any, schema: Any, reader: Reader, entry: Any, name: 
     out, err = proc.communicate()
     result["timing"]["workload"], mark = round(time.monotonic() - mark, 1), time.monotonic()
     if proc.returncode != 0:
-        result["error"] = f"workload {family or FALLBACK_FAMILY} failed: " + " | ".join(err.strip().splitlines()[-3:])
+        result["error"] = f"workload {declared or FALLBACK_PROGRAM} failed: " + " | ".join(err.strip().splitlines()[-3:])
         return result
     facts = json.loads(out)
     result["workload"] = {k: v for k, v in facts.items() if k.startswith(("module", "oom", "v6"))}
     pids = set(facts["pids"])
     # A kind is awaited unless each of its expectations is n/a in this guest.
-    possible = {w.kind for w in workloads.expectations(family, facts) if not w.na} if family else set()
+    possible = {w.kind for w in workloads.expectations(declared, facts) if not w.na} if declared else set()
     wanted = {k for k in workloads.DECLARED.get(entry.program, ()) if k in possible}
 
     def proved() -> bool:
@@ -263,13 +263,13 @@ def _pass(loaded: Any, lib: Any, schema: Any, reader: Reader, entry: Any, name: 
     mine = [e for e in reader.events[start:] if e.get("hdr", {}).get("tgid") in pids]
     for event in mine:
         result["events"][event["event"]] = result["events"].get(event["event"], 0) + 1
-    result["kinds"] = _kind_checks(family, facts, mine)
+    result["kinds"] = _kind_checks(declared, facts, mine)
     bad = [k for k, c in result["kinds"].items() if c["status"] == "fail"]
     if bad:
         result["error"] = f"not proved: {', '.join(bad)}"
-    elif family and result["counters"]["status"] == "fail":
+    elif declared and result["counters"]["status"] == "fail":
         result["error"] = f"counters do not reconcile: {result['counters']}"
-    elif not family and not result["events"]:
+    elif not declared and not result["events"]:
         result["error"] = f"no event of the workload within {EVENT_WAIT_S:.0f}s"
     return result
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from .matrix import KernelResult, failures, unproved
+from .results import KernelResult, failures, unproved
 
 __all__ = ["OUTCOMES", "Cell", "grid", "na_kinds", "render_page", "write_page"]
 

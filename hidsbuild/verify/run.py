@@ -23,7 +23,8 @@ from ..errors import ConfigError, HeadersUnavailable, VerifyFailed
 from ..kernels import Kernel, load_matrix
 from ..report import console, step
 from .images import KernelImage, fetch_image
-from .matrix import (
+from .page import write_page
+from .results import (
     NOT_RUN,
     KernelResult,
     failures,
@@ -34,7 +35,6 @@ from .matrix import (
     write_json,
     write_text,
 )
-from .page import write_page
 from .rootfs import initramfs
 from .vm import boot, stop_all
 
@@ -254,7 +254,7 @@ def _booted(kernel: Kernel, guest: _Guest, opts: VerifyOptions) -> KernelResult:
 
 
 def merge_verify(sources: list[Path], matrix_path: Path, dist: Path, strict: bool = False) -> list[KernelResult]:
-    """Join the verify.json of shards (files, or directories holding one) into one matrix in `dist`,
+    """Join the verify.json of shards (files, or directories holding one) into one result table in `dist`,
     in kernels.yaml's order; a kernel of the matrix that no shard verified is unproved."""
     matrix = load_matrix(matrix_path)
     docs = [read_json(p / "verify.json" if p.is_dir() else p) for p in sources]

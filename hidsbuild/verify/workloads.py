@@ -344,16 +344,16 @@ _EXPECT: dict[str, Callable[[dict[str, Any]], list[Expect]]] = {
     "process": _process_expect, "file": _file_expect, "kernel": _kernel_expect, "network": _network_expect}
 
 
-def expectations(family: str, facts: dict[str, Any]) -> list[Expect]:
-    """The events `family`'s workload with these facts must have produced."""
-    return _EXPECT[family](facts)
+def expectations(program: str, facts: dict[str, Any]) -> list[Expect]:
+    """The events `program`'s workload with these facts must have produced."""
+    return _EXPECT[program](facts)
 
 
 def main(argv: list[str]) -> int:
-    family, work = argv[1], argv[2]
+    program, work = argv[1], argv[2]
     module = argv[3] if len(argv) > 3 else None
     os.makedirs(work, exist_ok=True)
-    print(json.dumps(WORKLOADS[family](work, module)), flush=True)
+    print(json.dumps(WORKLOADS[program](work, module)), flush=True)
     return 0
 
 

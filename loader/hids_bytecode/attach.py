@@ -22,10 +22,10 @@ from . import libbpf as lb
 from .errors import AttachError, LoadError, NotPermitted
 
 __all__ = ["ProgramReport", "LoadedObject", "load_object", "open_and_load", "attach_all", "write_agent_tgid",
-           "set_agent_tgid", "pin_all", "family_of", "FAMILY_ORDER"]
+           "set_agent_tgid", "pin_all", "hook_type_of", "HOOK_TYPE_ORDER"]
 
-FAMILY_ORDER = ("kprobe", "tracepoint", "other")
-_FAMILIES = {
+HOOK_TYPE_ORDER = ("kprobe", "tracepoint", "other")
+_HOOK_TYPES = {
     "kprobe": "kprobe", "kretprobe": "kprobe", "ksyscall": "kprobe", "kretsyscall": "kprobe",
     "tracepoint": "tracepoint", "tp": "tracepoint", "raw_tracepoint": "tracepoint", "raw_tp": "tracepoint",
     "tp_btf": "tracepoint",
@@ -34,8 +34,8 @@ _FAMILIES = {
 _UNSUPPORTED = {errno.ENOENT, errno.EOPNOTSUPP, errno.ENODEV, errno.ENXIO, 524}
 
 
-def family_of(section: str) -> str:
-    return _FAMILIES.get(section.split("/", 1)[0], "other")
+def hook_type_of(section: str) -> str:
+    return _HOOK_TYPES.get(section.split("/", 1)[0], "other")
 
 
 @dataclass
@@ -43,12 +43,12 @@ class ProgramReport:
     name: str
     section: str
     group: str
-    family: str
+    hook_type: str
     status: str = "pending"  # attached | not supported by this kernel | failed | skipped
     message: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return {"program": self.name, "section": self.section, "group": self.group, "family": self.family,
+        return {"program": self.name, "section": self.section, "group": self.group, "hook_type": self.hook_type,
                 "status": self.status, "message": self.message}
 
 
@@ -218,34 +218,34 @@ def _attach_one(loaded: LoadedObject, report: ProgramReport) -> bool:
 
 
 def attach_all(loaded: LoadedObject) -> list[ProgramReport]:
-    """Attach every group by family policy; raise only when nothing at all attached."""
+    """Attach every group by hook type policy; raise only when nothing at all attached."""
     lib = loaded.lib
     groups: dict[str, list[ProgramReport]] = {}
     for name, prog in loaded.programs.items():
         section = lib.bpf_program__section_name(prog).decode()
         group = name.split("__", 1)[0]
-        groups.setdefault(group, []).append(ProgramReport(name, section, group, family_of(section)))
+        groups.setdefault(group, []).append(ProgramReport(name, section, group, hook_type_of(section)))
     for group, reports in groups.items():
-        families = [f for f in FAMILY_ORDER if any(r.family == f for r in reports)]
-        if len(families) == 1:
+        types = [t for t in HOOK_TYPE_ORDER if any(r.hook_type == t for r in reports)]
+        if len(types) == 1:
             for r in reports:
                 _attach_one(loaded, r)
             continue
         chosen = None
-        for family in families:
-            members = [r for r in reports if r.family == family]
+        for hook_type in types:
+            members = [r for r in reports if r.hook_type == hook_type]
             if all([_attach_one(loaded, r) for r in members]):
-                chosen = family
+                chosen = hook_type
                 break
-            for r in members:  # a family is all or nothing
+            for r in members:  # a hook type is all or nothing
                 link = loaded.links.pop(r.name, None)
                 if link:
                     lib.bpf_link__destroy(link)
-                    r.status, r.message = "skipped", "detached: another program of its family failed"
+                    r.status, r.message = "skipped", "detached: another hook of its type failed"
         for r in reports:
             if r.status == "pending":
                 r.status = "skipped"
-                r.message = f"group {group} uses the {chosen} family" if chosen else "an earlier family failed"
+                r.message = f"group {group} uses its {chosen} hooks" if chosen else "an earlier hook type failed"
     loaded.reports = [r for rs in groups.values() for r in rs]
     if loaded.programs and not loaded.links:
         first = next((r for r in loaded.reports if r.message), None)

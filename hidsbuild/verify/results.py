@@ -1,4 +1,4 @@
-"""The verification matrix, kernel x object x variant -> select / load / attach / event: the
+"""The VM proof's results, kernel x object x variant -> select / load / attach / event: the
 per-kernel results, dist/verify.json, and the table shown on the console and saved as dist/verify.txt."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def read_json(path: Path) -> tuple[Path, list[KernelResult]]:
 
 
 def merge_results(docs: list[tuple[Path, list[KernelResult]]], order: list[str]) -> list[KernelResult]:
-    """The shards' results as one matrix, in `order` (kernels.yaml's), others after; a kernel that
+    """The shards' results as one table, in `order` (kernels.yaml's), others after; a kernel that
     two shards report differently is refused, since one of them cannot be the proof."""
     merged: dict[str, tuple[Path, KernelResult]] = {}
     for path, results in docs:
