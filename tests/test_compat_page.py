@@ -105,7 +105,7 @@ def test_compat_page_shows_the_verify_matrix(tmp_path: Path) -> None:
     assert len(parsed.cells) == len(doc["kernels"]) * len(columns)
     expected = _expected(doc)
     shown = {}
-    for row, start in zip(parsed.rows, range(0, len(parsed.cells), len(columns))):
+    for row, start in zip(parsed.rows, range(0, len(parsed.cells), len(columns)), strict=True):
         for cell in parsed.cells[start:start + len(columns)]:
             if cell["data-unit"]:
                 shown[(row["data-release"], cell["data-unit"])] = cell["data-outcome"]

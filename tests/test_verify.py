@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import ROOT, SHARED_CACHE
 from conftest_loader import MINI_SOURCE, compile_core
 
@@ -95,7 +94,8 @@ def verify_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mini_objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     work = tmp_path_factory.mktemp("verify-objects")
-    return {"good": compile_core(MINI_SOURCE, work), "rejected": compile_core(MINI_SOURCE, work, "-DHIDS_TEST_UNCHECKED_LOOKUP")}
+    return {"good": compile_core(MINI_SOURCE, work),
+            "rejected": compile_core(MINI_SOURCE, work, "-DHIDS_TEST_UNCHECKED_LOOKUP")}
 
 
 def _verify(matrix: Path, dist: Path, *releases: str, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -303,7 +303,8 @@ def test_network_workload_connects_over_ipv4_and_ipv6() -> None:
     for want in workloads.expectations("network", facts):
         by_family.setdefault(want.fields["family"], []).append(want.kind)
         assert want.fields["sport"] and want.fields["dport"] and want.fields["saddr"] == want.fields["daddr"]
-    assert by_family == {socket.AF_INET: ["connect", "accept", "close"], socket.AF_INET6: ["connect", "accept", "close"]}
+    pair = ["connect", "accept", "close"]
+    assert by_family == {socket.AF_INET: pair, socket.AF_INET6: pair}
 
 
 def test_a_guest_without_core_rows_fails(tmp_path: Path) -> None:
@@ -416,7 +417,8 @@ def test_guest_checks_prove_core_objects_on_this_host(real_build: Path, tmp_path
     doc = json.loads(proc.stdout.split("===HIDS-VERIFY-BEGIN===")[1].split("===HIDS-VERIFY-END===")[0])
     assert doc["error"] == "", doc.get("traceback")
     from hidsbuild.verify.workloads import DECLARED as declared
-    assert sorted(r["unit"] for r in doc["rows"]) == sorted(f"{p}/core-x86_64/w1d0" for p in ("file", "network", "process"))
+    core_units = sorted(f"{p}/core-x86_64/w1d0" for p in ("file", "network", "process"))
+    assert sorted(r["unit"] for r in doc["rows"]) == core_units
     for row in doc["rows"]:
         assert row["kind"] == "core"
         _assert_row_proves_everything(row, declared[row["program"]])
@@ -460,7 +462,8 @@ def test_a_guest_that_dies_before_init_is_booted_again(monkeypatch: pytest.Monke
     oops = "[    2.68] Oops: general protection fault, maybe for address 0x10: 0000 [#1] PREEMPT SMP NOPTI\n"
     crashed = Boot(None, oops, False, 3.0, 300.0)
     later = Boot(None, f"{run.GUEST_BOOTED} {kernel.release} x86_64\n{oops}", False, 40.0, 300.0)
-    good = Boot({"uname": kernel.release, "rows": [], "error": ""}, f"{run.GUEST_BOOTED} {kernel.release}", False, 50.0, 300.0)
+    good = Boot({"uname": kernel.release, "rows": [], "error": ""}, f"{run.GUEST_BOOTED} {kernel.release}", False,
+                50.0, 300.0)
     opts = run.VerifyOptions(ROOT / "kernels.yaml", tmp_path, tmp_path)
 
     def booted(*boots: Boot) -> KernelResult:

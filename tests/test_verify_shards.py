@@ -77,7 +77,7 @@ def mini_wheel(tmp: Path, objects: dict[tuple[str, str], bytes], versions: dict[
     build, dist = tmp / "build", tmp / "dist"
     source = MINI_SOURCE.read_bytes()
     entries = [_entry(p, r, versions[r], data, source) for (p, r), data in objects.items()]
-    for e, data in zip(entries, objects.values()):
+    for e, data in zip(entries, objects.values(), strict=True):
         for rel, blob in ((e["object"], data), (e["source"]["path"], source)):
             (build / rel).parent.mkdir(parents=True, exist_ok=True)
             (build / rel).write_bytes(blob)
@@ -141,7 +141,8 @@ def test_build_shards_bundle_merged_with_their_skipped_variants(tmp_path: Path) 
     with zipfile.ZipFile(wheel) as zf:
         manifest = json.loads(zf.read("hids_bytecode/data/manifest.json"))
     releases = ("6.1.0-50-cloud-amd64", "7.2.13+deb14-cloud-amd64")
-    assert sorted(e["unit"] for e in manifest["objects"]) == sorted(f"hello/{r}/w1d{d}" for r in releases for d in (0, 1))
+    built = sorted(f"hello/{r}/w1d{d}" for r in releases for d in (0, 1))
+    assert sorted(e["unit"] for e in manifest["objects"]) == built
     assert [s["unit"] for s in manifest["skipped"]] == sorted(f"hello/{r}/w0d{d}" for r in releases for d in (0, 1))
 
 
@@ -158,7 +159,7 @@ def test_verify_shards_side_by_side_then_merged(good_object: bytes, tmp_path: Pa
     outs = [p.communicate(timeout=900) for p in procs]
     assert all((d / "verify.json").is_file() for d in shard_dists), [o[1][-3000:] for o in outs]
     docs = [json.loads((d / "verify.json").read_text()) for d in shard_dists]
-    for k, (proc, doc, out) in enumerate(zip(procs, docs, outs), 1):
+    for k, (proc, doc, out) in enumerate(zip(procs, docs, outs, strict=True), 1):
         assert proc.returncode == (0 if doc["ok"] else 7), out[1][-3000:]
         assert doc["shard"] == f"{k}/2" and len(doc["kernels"]) == 1
         kernel = doc["kernels"][0]

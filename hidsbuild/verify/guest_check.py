@@ -244,7 +244,8 @@ def _pass(loaded: Any, lib: Any, schema: Any, reader: Reader, entry: Any, name: 
     out, err = proc.communicate()
     result["timing"]["workload"], mark = round(time.monotonic() - mark, 1), time.monotonic()
     if proc.returncode != 0:
-        result["error"] = f"workload {declared or FALLBACK_PROGRAM} failed: " + " | ".join(err.strip().splitlines()[-3:])
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        result["error"] = f"workload {declared or FALLBACK_PROGRAM} failed: {tail}"
         return result
     facts = json.loads(out)
     result["workload"] = {k: v for k, v in facts.items() if k.startswith(("module", "oom", "v6"))}

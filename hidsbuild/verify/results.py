@@ -128,7 +128,8 @@ def render_table(results: list[KernelResult]) -> Table:
             continue
         for row in result.rows:
             note = row.get("error") or _na_note(row) or ", ".join(f"{k} {v}" for k, v in sorted(row["events"].items()))
-            table.add_row(result.release, result.uname, row["unit"].split("/", 1)[0] + " " + row["unit"].rsplit("/", 1)[-1],
+            program, variant = row["unit"].split("/", 1)[0], row["unit"].rsplit("/", 1)[-1]
+            table.add_row(result.release, result.uname, f"{program} {variant}",
                           *(_cell(row[k]) for k in ("select", "load", "attach", "event")), note)
     return table
 

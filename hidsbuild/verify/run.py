@@ -118,7 +118,8 @@ def _selected(kernels: tuple[Kernel, ...], releases: tuple[str, ...], matrix: Pa
     known = {k.release for k in kernels}
     unknown = [r for r in releases if r not in known]
     if unknown:
-        raise ConfigError(str(matrix), None, "--kernel", f"{unknown[0]} is not in the matrix (has: {', '.join(sorted(known))})")
+        raise ConfigError(str(matrix), None, "--kernel",
+                          f"{unknown[0]} is not in the matrix (has: {', '.join(sorted(known))})")
     return [k for k in kernels if k.release in releases]
 
 

@@ -46,7 +46,8 @@ class Boot:
         lines = [line.strip() for line in self.console.strip().splitlines()]
         crash = next((line for line in lines if any(mark in line for mark in _CRASH_MARKS)), None)
         detail = crash or " | ".join(lines[-4:]) or "no console output"
-        return (f"no result within the {self.timeout:g}s timeout" if self.timed_out else "guest stopped without a result") + f": {detail}"
+        what = f"no result within the {self.timeout:g}s timeout" if self.timed_out else "guest stopped without a result"
+        return f"{what}: {detail}"
 
     def console_tail(self, lines: int = 60) -> str:
         return "\n".join(self.console.strip().splitlines()[-lines:])
@@ -55,7 +56,8 @@ class Boot:
 def qemu_command(arch: str, vmlinuz: Path, initrd: Path, memory_mb: int = 1024, cpus: int = _CPUS) -> list[str]:
     row = ARCHES[arch]  # emulator, machine, cpu and console
     return [row.qemu, "-M", row.qemu_machine, "-cpu", row.qemu_cpu, "-accel", "tcg", "-smp", str(cpus),
-            "-m", str(memory_mb), "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", _APPEND.format(console=row.console), "-nographic", "-no-reboot",
+            "-m", str(memory_mb), "-kernel", str(vmlinuz), "-initrd", str(initrd),
+            "-append", _APPEND.format(console=row.console), "-nographic", "-no-reboot",
             "-nodefaults", "-serial", "stdio", "-monitor", "none"]
 
 

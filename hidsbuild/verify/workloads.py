@@ -17,8 +17,9 @@ import platform
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 DECLARED: dict[str, tuple[str, ...]] = {
     "process": ("exec", "fork", "exit", "setuid", "setgid", "capset"),
@@ -188,7 +189,8 @@ def _module_load(module: str | None) -> dict[str, Any]:
     errors.append(0 if _syscall("init_module", buf, ctypes.c_ulong(len(image)), b"hids_verify=2") == 0
                   else ctypes.get_errno())
     _syscall("delete_module", name, os.O_NONBLOCK)
-    return {"module": module, "module_fd": fd, "module_len": len(image), "module_errors": [os.strerror(e) if e else "loaded" for e in errors]}
+    return {"module": module, "module_fd": fd, "module_len": len(image),
+            "module_errors": [os.strerror(e) if e else "loaded" for e in errors]}
 
 
 def _ptrace() -> dict[str, Any]:
