@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .distros import Archive
 from .distros.debian import ARCHIVE as DEBIAN_ARCHIVE
-from .errors import HeadersUnavailable
+from .errors import PackageUnavailable
 from .report import console
 
 __all__ = ["PrivateApt", "PackageRef", "Remote", "fetch_all"]
@@ -81,13 +81,13 @@ class PrivateApt:
         # kernels.yaml checks suites too; this line keeps a bad one from ever becoming a source line.
         bad = [s for s in self.suites if not _SUITE.fullmatch(s)]
         if bad:
-            raise HeadersUnavailable(f"refusing suite name {bad[0]!r}: not a {self.archive.name} suite name")
+            raise PackageUnavailable(f"refusing suite name {bad[0]!r}: not a {self.archive.name} suite name")
         for sub in ("lists/partial", "cache/archives/partial"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "status").touch()
         keyrings = self.archive.keyrings()
         if not keyrings:
-            raise HeadersUnavailable(f"no {self.archive.name} archive keyring on this host to check its signatures")
+            raise PackageUnavailable(f"no {self.archive.name} archive keyring on this host to check its signatures")
         options = f"arch={','.join(self.deb_arches)} signed-by={','.join(str(k) for k in keyrings)}"
         lines = [f"deb [{options}] {self.archive.mirror(s)} {s} main" for s in self.suites]
         (self.root / "sources.list").write_text("\n".join(lines) + "\n")
@@ -106,7 +106,7 @@ class PrivateApt:
         problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("E:", "W:", "Err:"))]
         if proc.returncode != 0 or any(ln.startswith(("E:", "Err:")) for ln in problems):
             detail = "; ".join(problems) or proc.stderr.strip()
-            raise HeadersUnavailable(f"apt update of {', '.join(self.suites)} failed: {detail}")
+            raise PackageUnavailable(f"apt update of {', '.join(self.suites)} failed: {detail}")
         self._updated = True
 
     def locate(self, refs: list[PackageRef]) -> list[Remote]:
@@ -120,7 +120,7 @@ class PrivateApt:
             copies = served[ref.deb_arch].get(ref.name, [])
             names = [name for name, version, _ in copies if version == ref.version]
             if not names:
-                raise HeadersUnavailable(
+                raise PackageUnavailable(
                     f"{ref.name}={ref.version} ({ref.deb_arch}) is no longer served by {self.archive.name} "
                     f"suite {ref.suite}: run `invoke kernels.discover --suite {ref.suite}` "
                     "and update that kernel's version in kernels.yaml"
@@ -129,7 +129,7 @@ class PrivateApt:
         proc = subprocess.run(["apt-get", *self._options(), "--print-uris", "download", *specs],
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            raise HeadersUnavailable(f"apt-get download {' '.join(specs)} failed: {proc.stderr.strip()}")
+            raise PackageUnavailable(f"apt-get download {' '.join(specs)} failed: {proc.stderr.strip()}")
         # Lines read: 'URI' FILENAME SIZE SHA256:HEX
         found = {}
         for line in proc.stdout.splitlines():
@@ -139,7 +139,7 @@ class PrivateApt:
                                                                match.group(4))
         missing = [ref for ref in refs if ref.name not in found]
         if missing:
-            raise HeadersUnavailable(f"apt names no download with a sha256 for {missing[0]}")
+            raise PackageUnavailable(f"apt names no download with a sha256 for {missing[0]}")
         return [found[ref.name] for ref in refs]
 
     def download(
@@ -182,10 +182,10 @@ def _fetch_one(remote: Remote, dest: Path, on_progress: Callable[[int], None] | 
                     on_progress(len(chunk))
     except (OSError, urllib.error.URLError) as exc:
         partial.unlink(missing_ok=True)
-        raise HeadersUnavailable(f"download of {remote.filename} from {remote.uri} failed: {exc}") from None
+        raise PackageUnavailable(f"download of {remote.filename} from {remote.uri} failed: {exc}") from None
     if size != remote.size or h.hexdigest() != remote.sha256:
         partial.unlink(missing_ok=True)
-        raise HeadersUnavailable(f"{remote.filename}: got {size} bytes with sha256 {h.hexdigest()[:16]}..., the signed "
+        raise PackageUnavailable(f"{remote.filename}: got {size} bytes with sha256 {h.hexdigest()[:16]}..., the signed "
                                  f"index says {remote.size} bytes, {remote.sha256[:16]}...: refused")
     partial.replace(target)
     # One line per file as well as the bar: a CI log has no live bar, and minutes of silence read as a hang.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from debian.deb822 import Packages, Release
 
-from .errors import HeadersUnavailable
+from .errors import PackageUnavailable
 
 __all__ = ["ArchiveError", "SuiteRelease", "fetch", "verified_release", "packages_paragraphs", "pool_served"]
 
@@ -35,7 +35,7 @@ _HEAD_JOBS = 16
 _COMPRESSIONS = ((".gz", gzip.decompress), (".xz", lzma.decompress), ("", bytes))
 
 
-class ArchiveError(HeadersUnavailable):
+class ArchiveError(PackageUnavailable):
     """An archive index could not be fetched, or failed its signature or hash check."""
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import containers
 from .artifacts import discard, read_checked, write_checked
-from .errors import HeadersUnavailable
+from .errors import PackageUnavailable
 from .headers import KernelHeaders
 from .kernels import CoreTarget
 from .owners import make_scratch
@@ -59,7 +59,7 @@ def load(path: Path) -> bytes | None:
 
 
 def generate(client: Any, image: str, headers: KernelHeaders, dest: Path, scratch: Path) -> bytes:
-    """Dump, check and cache the kernel's vmlinux.h at `dest`; raise HeadersUnavailable on failure."""
+    """Dump, check and cache the kernel's vmlinux.h at `dest`; raise PackageUnavailable on failure."""
     mounts = {root: f"{HEADERS_DIR}/{i}" for i, root in enumerate(headers.packages)}
     vmlinux = f"{HEADERS_DIR}/{headers.flavour}/vmlinux"
     script = (f"bpftool btf dump file {vmlinux} format c > /out/vmlinux.h 2> /out/stderr && "
@@ -69,11 +69,11 @@ def generate(client: Any, image: str, headers: KernelHeaders, dest: Path, scratc
         status = containers.run_to_dir(client, image, script, mounts, out)
         stderr = (out / "stderr").read_text(errors="replace").strip() if (out / "stderr").exists() else ""
         if status != 0:
-            raise HeadersUnavailable(f"no BTF for CO-RE in {headers.kernel.release}'s headers ({vmlinux}): "
+            raise PackageUnavailable(f"no BTF for CO-RE in {headers.kernel.release}'s headers ({vmlinux}): "
                                      f"exit {status}: {stderr[-1000:]}")
         data = (out / "vmlinux.h").read_bytes()
         if reason := problem(data):
-            raise HeadersUnavailable(f"vmlinux.h of {headers.kernel.release} is not whole ({reason}); not cached")
+            raise PackageUnavailable(f"vmlinux.h of {headers.kernel.release} is not whole ({reason}); not cached")
         write_checked(dest, data)
         return data
     finally:

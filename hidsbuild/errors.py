@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BuildError",
     "ConfigError",
-    "HeadersUnavailable",
+    "PackageUnavailable",
     "ToolchainError",
     "UnitsFailed",
     "BundleError",
@@ -30,8 +30,8 @@ class ConfigError(BuildError):
         super().__init__(f"{where}: {key}: {message}")
 
 
-class HeadersUnavailable(BuildError):
-    """A pinned kernel package cannot be had from the archive."""
+class PackageUnavailable(BuildError):
+    """A kernel package (headers or the image verify boots) cannot be had, or is not what its index says."""
 
     exit_code = 3
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from .apt import PackageRef, PrivateApt, fetch_all
 from .artifacts import read_checked, record_tree, tree_intact, write_checked
 from .distros import local
-from .errors import HeadersUnavailable
+from .errors import PackageUnavailable
 from .kernels import Kernel
 from .owners import make_scratch, reap_scratch
 from .report import ByteProgress
@@ -156,7 +156,7 @@ class HeadersCache:
         if not missing:
             return
         if self.apt is None:
-            raise HeadersUnavailable(f"headers of {', '.join(k.release for k in kernels)} are not cached "
+            raise PackageUnavailable(f"headers of {', '.join(k.release for k in kernels)} are not cached "
                                      "and no archive access was given")
         tmp = make_scratch(self.root / ".scratch", "fetch")
         try:
@@ -168,9 +168,9 @@ class HeadersCache:
                 staging = Path(tmp) / ref.name
                 proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], capture_output=True, text=True)
                 if proc.returncode != 0:
-                    raise HeadersUnavailable(f"{deb.name}: cannot be extracted: {proc.stderr.strip()}")
+                    raise PackageUnavailable(f"{deb.name}: cannot be extracted: {proc.stderr.strip()}")
                 if not any((staging / "usr/src").glob("linux-headers-*")):
-                    raise HeadersUnavailable(f"{deb.name} holds no /usr/src/linux-headers-* tree")
+                    raise PackageUnavailable(f"{deb.name} holds no /usr/src/linux-headers-* tree")
                 entry = self._entry(ref)
                 record_tree(staging, entry)
                 record = {"name": ref.name, "version": ref.version, "arch": ref.deb_arch, "suite": ref.suite,
@@ -187,14 +187,14 @@ class HeadersCache:
         roots = tuple(self._roots(kernel))
         trees = kernel.packaging.header_trees(kernel, roots)
         if trees is None:
-            raise HeadersUnavailable(
+            raise PackageUnavailable(
                 f"{kernel.release}: {', '.join(kernel.headers)} hold no linux-headers-{kernel.release} tree "
                 f"and its shared tree ({kernel.distro} layout); check the headers of that kernel in kernels.yaml"
             )
         if kernel.packaging.archive is None:
             (record,) = self.packages(kernel)
             if record["sha256"] is None:
-                raise HeadersUnavailable(f"{kernel.release}: the record of its local headers is gone; build again")
+                raise PackageUnavailable(f"{kernel.release}: the record of its local headers is gone; build again")
             identity = f"tree:{record['sha256']}"
         else:
             identity = ",".join(f"{p}={kernel.version}" for p in kernel.headers)

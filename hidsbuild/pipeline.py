@@ -25,7 +25,7 @@ from .artifacts import write_atomic
 from .cache import ObjectCache
 from .compile import Job, Outcome, run_batch
 from .containers import reap_leftovers
-from .errors import HeadersUnavailable, UnitsFailed
+from .errors import PackageUnavailable, UnitsFailed
 from .headers import HeadersCache, KernelHeaders
 from .kernels import Kernel, Matrix, load_matrix
 from .owners import make_scratch, reap_scratch
@@ -362,7 +362,7 @@ def _build_missing(matrix: Matrix, opts: BuildOptions, planner: _Planner, cache:
             continue
         job = planner.job(unit)
         if job is None:
-            raise HeadersUnavailable(f"inputs of {unit.id} are still missing after fetching them")
+            raise PackageUnavailable(f"inputs of {unit.id} are still missing after fetching them")
         hit = cache.get(job.key)  # the headers just fetched may complete a key already cached
         if hit:
             result.outcomes.append(Outcome(job, "cached", hit.meta["compile_ns"], object=hit))

@@ -18,7 +18,7 @@ from hids_bytecode.arches import ARCHES
 from hidsbuild.apt import PrivateApt
 from hidsbuild.distros import DISTROS, Distro
 from hidsbuild.distros.debian import DEBIAN
-from hidsbuild.errors import ConfigError, HeadersUnavailable
+from hidsbuild.errors import ConfigError, PackageUnavailable
 from hidsbuild.headers import HeadersCache
 from hidsbuild.kernels import load_matrix
 from hidsbuild.verify.images import KernelImage, fetch_image, image_refs
@@ -118,7 +118,7 @@ def test_local_kernel_from_a_tree_inside_the_repository(tmp_path: Path) -> None:
 def test_local_kernel_has_no_image_to_boot(tmp_path: Path) -> None:
     custom_tree(tmp_path / "headers" / "custom")
     kernel = load_matrix(write(tmp_path, local_kernel("headers/custom"))).kernels[0]
-    with pytest.raises(HeadersUnavailable, match=r"^6\.1\.0-custom1: no archive serves an image of this local kernel"):
+    with pytest.raises(PackageUnavailable, match=r"^6\.1\.0-custom1: no archive serves an image of this local kernel"):
         fetch_image(PrivateApt(tmp_path / "apt", [], []), kernel, tmp_path)  # before any apt call
     assert not (tmp_path / "apt").exists()
 

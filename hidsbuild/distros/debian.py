@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from hids_bytecode.arches import Arch
 
-from ..errors import HeadersUnavailable
+from ..errors import PackageUnavailable
 from .base import Archive, Fields, Source
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def host_mirrors() -> Mirrors:
             uris += re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M)
     debian = next((u for u in uris if not u.rstrip("/").endswith("-security")), None)
     if debian is None:
-        raise HeadersUnavailable("no Debian mirror in the host's apt sources (/etc/apt/sources.list.d/debian.sources)")
+        raise PackageUnavailable("no Debian mirror in the host's apt sources (/etc/apt/sources.list.d/debian.sources)")
     security = next((u for u in uris if u.rstrip("/").endswith("-security")), debian.rstrip("/") + "-security")
     return Mirrors(debian.rstrip("/"), security.rstrip("/"))
 

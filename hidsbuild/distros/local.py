@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from hids_bytecode.arches import Arch
 
-from ..errors import HeadersUnavailable
+from ..errors import PackageUnavailable
 from .base import Archive, Fields, Source
 
 if TYPE_CHECKING:
@@ -82,9 +82,9 @@ def stage(kernel: Kernel, dest: Path) -> None:
         for deb in debs:
             proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
             if proc.returncode != 0:
-                raise HeadersUnavailable(f"{deb}: cannot be extracted: {proc.stderr.strip()}")
+                raise PackageUnavailable(f"{deb}: cannot be extracted: {proc.stderr.strip()}")
         if not tree.is_dir():
-            raise HeadersUnavailable(f"the .deb files in {source} hold no /usr/src/linux-headers-{kernel.release} tree")
+            raise PackageUnavailable(f"the .deb files in {source} hold no /usr/src/linux-headers-{kernel.release} tree")
     else:
         tree.parent.mkdir(parents=True)
         shutil.copytree(source, tree, symlinks=True)

@@ -24,7 +24,7 @@ from hids_bytecode.arches import ARCHES
 from ..apt import PackageRef, PrivateApt
 from ..artifacts import read_checked, write_checked
 from ..distros.debian import image_parts
-from ..errors import HeadersUnavailable
+from ..errors import PackageUnavailable
 from ..kernels import Kernel
 
 __all__ = ["KernelImage", "image_refs", "fetch_image", "REQUIRED_BUILTINS"]
@@ -80,7 +80,7 @@ def _split_parts(deb: Path, kernel: Kernel) -> list[PackageRef]:
 def _unpack(deb: Path, tree: Path) -> None:
     proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise HeadersUnavailable(f"{deb.name}: not a Debian package: {proc.stderr.strip()}")
+        raise PackageUnavailable(f"{deb.name}: not a Debian package: {proc.stderr.strip()}")
 
 
 def _cached(image: KernelImage) -> bool:
@@ -123,17 +123,17 @@ def _pick_module(tree: Path) -> tuple[str, bytes] | None:
 
 def fetch_image(apt: PrivateApt, kernel: Kernel, cache: Path) -> KernelImage:
     """The kernel's vmlinuz and config, downloaded and extracted on first use; raises
-    HeadersUnavailable (the archive serves none of its image packages) with the packages named."""
+    PackageUnavailable (the archive serves none of its image packages) with the packages named."""
     refs = image_refs(kernel)
     if not refs:
-        raise HeadersUnavailable(f"{kernel.release}: no archive serves an image of this {kernel.distro} kernel to boot")
+        raise PackageUnavailable(f"{kernel.release}: no archive serves an image of this {kernel.distro} kernel to boot")
     problems = []
     for ref in refs:
         try:
             return _fetch(apt, kernel, ref, cache)
-        except HeadersUnavailable as exc:
+        except PackageUnavailable as exc:
             problems.append(str(exc))
-    raise HeadersUnavailable("; ".join(problems))
+    raise PackageUnavailable("; ".join(problems))
 
 
 def _fetch(apt: PrivateApt, kernel: Kernel, ref: PackageRef, cache: Path) -> KernelImage:
@@ -155,7 +155,7 @@ def _fetch(apt: PrivateApt, kernel: Kernel, ref: PackageRef, cache: Path) -> Ker
                 _unpack(part, tree)
         vmlinuz, config = _find(tree, "vmlinuz"), _find(tree, "config")
         if vmlinuz is None or config is None:
-            raise HeadersUnavailable(f"{deb.name} (and the linux-binary/-base/-modules packages it depends on) "
+            raise PackageUnavailable(f"{deb.name} (and the linux-binary/-base/-modules packages it depends on) "
                                      f"hold no {'vmlinuz' if vmlinuz is None else 'config'}")
         write_checked(image.config, config.read_bytes())
         write_checked(image.vmlinuz, vmlinuz.read_bytes())

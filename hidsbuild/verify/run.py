@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..apt import PrivateApt
-from ..errors import ConfigError, HeadersUnavailable, VerifyFailed
+from ..errors import ConfigError, PackageUnavailable, VerifyFailed
 from ..kernels import Kernel, load_matrix
 from ..report import console, step
 from .images import KernelImage, fetch_image
@@ -155,7 +155,7 @@ def _prepare(kernel: Kernel, apt: PrivateApt, sites: dict[str, Path], opts: Veri
         return guest
     try:
         image = fetch_image(apt, kernel, opts.cache)
-    except HeadersUnavailable as exc:
+    except PackageUnavailable as exc:
         result.status, result.reason = "no image", str(exc)
         return guest
     missing = image.missing_builtins(kernel.arch)
