@@ -18,24 +18,24 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from packaging.utils import canonicalize_name
 from rich.table import Table
 
+from .artifacts import write_atomic
 from .builddir import Bundle, join, read_build_dir
 from .errors import BundleError
 from .provenance import git_state, statement, statement_bytes
 from .report import console, step
 from .signing import KEY_ENV, SigningKey, load_signing_key
+from .templating import render
 from .versioning import VERSION, source_hash, wheel_version
-from .wheel import wheel_bytes, write_wheel
+from .wheel import wheel_bytes
 
 __all__ = ["LOADER", "PACKAGE", "bundle_wheels", "platform_tag"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADER = ROOT / "loader"
 PACKAGE = "hids_bytecode"
-_TEMPLATES = ROOT / "templates"
 # No compiled extension, but the objects are arch-specific: see docs/DESIGN.md, "Platform tag".
 _MANYLINUX = "manylinux_2_17"
 _MANIFEST = f"{PACKAGE}/data/manifest.json"
@@ -80,10 +80,6 @@ def _loader_files(loader: Path) -> dict[str, bytes]:
     return files
 
 
-def _render(env: Environment, template: str, **values: Any) -> bytes:
-    return env.get_template(template).render(**values).encode()
-
-
 def _wheel_files(bundle: Bundle, arch: str, loader_files: dict[str, bytes], project: dict[str, Any],
                  version: str, identity: str, dist_info: str, git: dict[str, Any],
                  key: SigningKey | None) -> dict[str, bytes]:
@@ -103,10 +99,9 @@ def _wheel_files(bundle: Bundle, arch: str, loader_files: dict[str, bytes], proj
         files[f"{_MANIFEST}.sig"] = key.sign(files[_MANIFEST])
     for name, text in project["license_files"].items():
         files[f"{dist_info}/licenses/{name}"] = text
-    env = Environment(loader=FileSystemLoader(_TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
-    files[f"{dist_info}/METADATA"] = _render(env, "METADATA.j2", version=version, **project)
-    files[f"{dist_info}/WHEEL"] = _render(env, "WHEEL.j2", generator_version=VERSION, tag=platform_tag(arch))
-    files[f"{dist_info}/entry_points.txt"] = _render(env, "entry_points.txt.j2", scripts=project["scripts"])
+    files[f"{dist_info}/METADATA"] = render("METADATA.j2", version=version, **project).encode()
+    files[f"{dist_info}/WHEEL"] = render("WHEEL.j2", generator_version=VERSION, tag=platform_tag(arch)).encode()
+    files[f"{dist_info}/entry_points.txt"] = render("entry_points.txt.j2", scripts=project["scripts"]).encode()
     return files
 
 
@@ -172,7 +167,7 @@ def bundle_wheels(sources: list[Path], dist: Path, loader: Path = LOADER, sign_k
     written: list[Path] = []
     try:
         for path, (_, data) in wheels.items():
-            write_wheel(path, data)
+            write_atomic(path, data, 0o644)
             written.append(path)
     except BaseException:
         for path in written:

@@ -22,7 +22,6 @@ from pathlib import Path
 import docker
 import docker.errors
 from hids_bytecode.arches import ARCHES
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from . import containers
 from .artifacts import read_checked, write_checked
@@ -31,10 +30,10 @@ from .errors import ToolchainError
 from .kernels import Toolchain
 from .owners import make_scratch
 from .report import console
+from .templating import TEMPLATES, render
 
 __all__ = ["ToolchainImage", "toolchain_id", "ensure_image", "docker_client"]
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _COMPILE_SCRIPT = "compile_unit.sh"
 log = logging.getLogger("hidsbuild")
 # The image is built for, and runs on, the build host's own architecture.
@@ -54,9 +53,8 @@ def _base_tag(tc: Toolchain) -> str:
 
 
 def _render_dockerfile(tc: Toolchain) -> str:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
-    return env.get_template("Dockerfile.j2").render(base_image=_base_tag(tc), clang=tc.clang,
-                                                    packages=[f"{name}={version}" for name, version in tc.packages])
+    return render("Dockerfile.j2", base_image=_base_tag(tc), clang=tc.clang,
+                  packages=[f"{name}={version}" for name, version in tc.packages])
 
 
 def toolchain_id(tc: Toolchain) -> str:

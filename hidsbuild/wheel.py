@@ -15,13 +15,11 @@ import base64
 import hashlib
 import io
 import os
-import tempfile
 import time
 import zipfile
 from collections.abc import Mapping
-from pathlib import Path
 
-__all__ = ["DEFAULT_EPOCH", "record_line", "wheel_bytes", "write_wheel", "zip_timestamp"]
+__all__ = ["DEFAULT_EPOCH", "record_line", "wheel_bytes", "zip_timestamp"]
 
 # 2024-01-01T00:00:00Z: any fixed instant works; it only has to be inside the zip date range.
 DEFAULT_EPOCH = 1704067200
@@ -63,19 +61,3 @@ def wheel_bytes(files: Mapping[str, bytes], dist_info: str, environ: Mapping[str
             info.external_attr = _FILE_MODE << 16
             zf.writestr(info, data, compresslevel=9)
     return buffer.getvalue()
-
-
-def write_wheel(path: Path, data: bytes) -> None:
-    """Put the wheel at `path` atomically: a temp file in the same directory, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,18 +7,16 @@ run or opened from disk; the cells are <details>, so they open without JS too.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
+from ..artifacts import write_atomic
+from ..templating import render
 from .results import KernelResult, failures, unproved
 
 __all__ = ["OUTCOMES", "Cell", "grid", "na_kinds", "render_page", "write_page"]
 
-_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 # Outcome of a cell -> what the legend says it means.
 OUTCOMES = {
     "ok": "selected, loaded, attached, events read back",
@@ -118,17 +116,12 @@ def summary(results: list[KernelResult]) -> dict[str, int]:
 
 
 def render_page(results: list[KernelResult]) -> str:
-    env = Environment(loader=FileSystemLoader(_TEMPLATES), undefined=StrictUndefined,
-                      autoescape=select_autoescape(["html", "j2"], default=True), keep_trailing_newline=True)
     columns, table = grid(results)
-    return env.get_template("compat.html.j2").render(
+    return render("compat.html.j2",
         columns=columns, table=table, totals=summary(results), outcomes=OUTCOMES, steps=_STEPS,
         proved_kinds=proved_kinds, na_kinds=na_kinds)
 
 
 def write_page(results: list[KernelResult], path: Path) -> None:
     """Render and write atomically: a reader never sees half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_page(results))
-    os.replace(tmp, path)
+    write_atomic(path, render_page(results).encode(), 0o644)

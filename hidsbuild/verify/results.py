@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..artifacts import write_atomic
 from ..errors import VerifyFailed
 from ..kernels import Kernel
 
@@ -80,7 +81,7 @@ def write_json(results: list[KernelResult], path: Path, shard: str | None = None
            "kernels": [asdict(r) for r in results]}
     if shard:
         doc["shard"] = shard
-    _atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o644)
 
 
 def read_json(path: Path) -> tuple[Path, list[KernelResult]]:
@@ -160,11 +161,4 @@ def write_text(results: list[KernelResult], path: Path) -> None:
                 console.print(f"--- {row['unit']}: {row['error']}", markup=False)
                 if row.get("verifier_log"):
                     console.print(row["verifier_log"], markup=False, highlight=False)
-    _atomic_write(path, console.export_text())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, console.export_text().encode(), 0o644)

@@ -18,16 +18,15 @@ import tempfile
 from pathlib import Path
 
 from hids_bytecode.arches import ARCHES
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..distros.debian import host_mirrors
 from ..errors import VerifyFailed
+from ..templating import render
 
 __all__ = ["GUEST_SUITE", "GUEST_PACKAGES", "base_archive", "payload_archive", "initramfs"]
 
 GUEST_SUITE = "bookworm"
 GUEST_PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libbpf1", "iproute2")
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 GUEST_CHECK = Path(__file__).resolve().parent / "guest_check.py"
 GUEST_WORKLOADS = Path(__file__).resolve().parent / "workloads.py"  # imported by guest_check, beside it
 GUEST_MODULES = "/opt/hids/modules"  # guest_check.MODULES
@@ -95,9 +94,7 @@ def base_archive(arch: str, cache: Path) -> Path:
 def payload_archive(site: Path, arch: str, cache: Path, module: Path | None = None) -> Path:
     """The per-run archive: the installed loader package tree at GUEST_SITE, the checks and their
     workloads, /init, and `module` (a module of the guest's kernel for the module_load workload)."""
-    init = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
-                       keep_trailing_newline=True).get_template("guest-init.sh.j2").render(
-        site=GUEST_SITE, check="/opt/hids/guest_check.py")
+    init = render("guest-init.sh.j2", site=GUEST_SITE, check="/opt/hids/guest_check.py")
     h = hashlib.sha256(init.encode() + GUEST_CHECK.read_bytes() + GUEST_WORKLOADS.read_bytes() + arch.encode())
     if module is not None:
         h.update(b"module\0" + module.name.encode() + b"\0" + module.read_bytes())
