@@ -9,21 +9,9 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
+from hids_bytecode.sections import SECTIONS, attach_type
 
-__all__ = ["ObjectInfo", "InvalidObject", "validate_object", "PROGRAM_TYPES"]
-
-# Section prefix -> attach type, as libbpf names them; the loader relies on this list.
-PROGRAM_TYPES = {
-    "kprobe/": "kprobe",
-    "kretprobe/": "kretprobe",
-    "tracepoint/": "tracepoint",
-    "tp/": "tracepoint",
-    "raw_tracepoint/": "raw_tracepoint",
-    "raw_tp/": "raw_tracepoint",
-    "tp_btf/": "tp_btf",
-    "fentry/": "fentry",
-    "fexit/": "fexit",
-}
+__all__ = ["ObjectInfo", "InvalidObject", "validate_object"]
 
 
 class InvalidObject(Exception):
@@ -35,10 +23,6 @@ class ObjectInfo:
     programs: tuple[dict[str, str], ...]  # {"name", "section", "type"}
     maps: tuple[str, ...]
     license: str
-
-
-def _attach_type(section: str) -> str | None:
-    return next((t for prefix, t in PROGRAM_TYPES.items() if section.startswith(prefix)), None)
 
 
 def validate_object(data: bytes) -> ObjectInfo:
@@ -66,8 +50,8 @@ def validate_object(data: bytes) -> ObjectInfo:
         name for name, s in sections.items() if s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR and s["sh_size"] > 0
     }
     for name in sorted(exec_sections - {".text"}):
-        if _attach_type(name) is None:
-            raise InvalidObject(f"program section {name!r} is of no known type ({', '.join(PROGRAM_TYPES)})")
+        if attach_type(name) is None:
+            raise InvalidObject(f"program section {name!r} is of no known type ({', '.join(SECTIONS)})")
 
     symtab = elf.get_section_by_name(".symtab")
     if not isinstance(symtab, SymbolTableSection):
@@ -85,7 +69,7 @@ def validate_object(data: bytes) -> ObjectInfo:
         section = elf.get_section(shndx).name
         kind = sym["st_info"]["type"]
         if kind == "STT_FUNC" and section in exec_sections and section != ".text":
-            programs.append({"name": sym.name, "section": section, "type": _attach_type(section) or ""})
+            programs.append({"name": sym.name, "section": section, "type": attach_type(section) or ""})
         elif kind == "STT_OBJECT" and section in (".maps", "maps"):
             maps.append(sym.name)
     if not programs:

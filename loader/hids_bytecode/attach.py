@@ -20,22 +20,13 @@ from pathlib import Path
 from . import interrupts
 from . import libbpf as lb
 from .errors import AttachError, LoadError, NotPermitted
+from .sections import HOOK_TYPE_ORDER, hook_type_of
 
 __all__ = ["ProgramReport", "LoadedObject", "load_object", "open_and_load", "attach_all", "write_agent_tgid",
-           "set_agent_tgid", "pin_all", "hook_type_of", "HOOK_TYPE_ORDER"]
+           "set_agent_tgid", "pin_all"]
 
-HOOK_TYPE_ORDER = ("kprobe", "tracepoint", "other")
-_HOOK_TYPES = {
-    "kprobe": "kprobe", "kretprobe": "kprobe", "ksyscall": "kprobe", "kretsyscall": "kprobe",
-    "tracepoint": "tracepoint", "tp": "tracepoint", "raw_tracepoint": "tracepoint", "raw_tp": "tracepoint",
-    "tp_btf": "tracepoint",
-}
 # Errors meaning the hook does not exist on this kernel, as opposed to a failure worth investigating.
 _UNSUPPORTED = {errno.ENOENT, errno.EOPNOTSUPP, errno.ENODEV, errno.ENXIO, 524}
-
-
-def hook_type_of(section: str) -> str:
-    return _HOOK_TYPES.get(section.split("/", 1)[0], "other")
 
 
 @dataclass
