@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,21 @@ class Interrupted(Exception):
 
 def start(client: docker.DockerClient, image: str, command: list[str], volumes: dict[str, dict[str, str]]) -> Any:
     """Start a detached, network-less container labelled with this run."""
+    name = f"hids-{uuid.uuid4().hex[:16]}"
     try:
         # The caller's uid: what the container writes under /out belongs to whoever runs the build.
         return client.containers.run(image, command, volumes=volumes, network_disabled=True, detach=True,
-                                     labels={LABEL: OWNER}, user=f"{os.getuid()}:{os.getgid()}")
-    except docker.errors.DockerException as exc:
-        raise ToolchainError(f"cannot start a toolchain container: {exc}") from None
+                                     labels={LABEL: OWNER}, user=f"{os.getuid()}:{os.getgid()}", name=name)
+    except BaseException as exc:
+        # Ctrl-C between docker's create and start returning leaves a container no handle points
+        # to: found again by its name and removed, so that an interrupted run leaves none.
+        try:
+            client.containers.get(name).remove(force=True)
+        except docker.errors.DockerException:
+            pass
+        if isinstance(exc, docker.errors.DockerException):
+            raise ToolchainError(f"cannot start a toolchain container: {exc}") from None
+        raise
 
 
 def wait(container: Any, stop: threading.Event | None = None) -> int:

@@ -119,10 +119,22 @@ def test_two_builds_sharing_one_cache_both_succeed(tmp_path: Path) -> None:
     assert list((cache / "objects" / ".staging").iterdir()) == []
 
 
+def _slow_project(dest: Path) -> Path:
+    """The test project with the real probes added: 20 units, seconds of compile, so that a signal
+    sent once a compile container runs lands mid-compile (hello alone compiles in under a second)."""
+    project = copy_project(dest)
+    shutil.copytree(ROOT / "bpf", project / "bpf", dirs_exist_ok=True)
+    probes = "".join(f"  {p}: {{source: bpf/{p}.bpf.c}}\n" for p in ("file", "process", "network", "kernel"))
+    matrix = project / "kernels.yaml"
+    matrix.write_text(matrix.read_text().replace("programs:\n", "programs:\n" + probes, 1))
+    return matrix
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_build_stops_its_containers_at_once(tmp_path: Path, sig: signal.Signals, code: int) -> None:
     cache = fresh_cache(tmp_path)
-    proc = _start_build(TEST_PROJECT / "kernels.yaml", tmp_path / "b", cache)
+    matrix = _slow_project(tmp_path / "p")
+    proc = _start_build(matrix, tmp_path / "b", cache)
     _wait_for_container(proc)
     sent = time.monotonic()
     proc.send_signal(sig)
