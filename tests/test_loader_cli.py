@@ -153,7 +153,7 @@ def test_select_explain_and_json(loader_data: Path) -> None:
 
 
 def test_runtime_compile_refusal_lists_what_was_tried(loader_data: Path) -> None:
-    # The test manifest's entries carry no pipeline cflags, so there is nothing to compile from.
+    # The test manifest's entries carry no compile recipe, so there is nothing to compile from.
     proc = run(loader_data, "select", "mini", "--debug", "--runtime-compile", "--json")
     refused = json.loads(proc.stdout)["refused"][0]
     assert refused["error"] == "NoMatch"
