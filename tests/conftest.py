@@ -8,6 +8,7 @@ at compiling gets its own empty object cache.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A suite started as a background job of a non-interactive shell inherits SIGINT ignored, and so
+# would every build and loader it starts (both keep an ignored SIGINT ignored, as a daemon expects):
+# the Ctrl-C tests need it live, so the processes they start get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # pending: busy in parallel work. These modules need docker, root, network or VMs; until they carry
 # `pytestmark = pytest.mark.integration` themselves, they are marked here.
 _INTEGRATION_MODULES = {"test_verify", "test_verify_shards", "test_variants", "test_compat_page"}
