@@ -336,7 +336,15 @@ def _compile(client: Any, image: ToolchainImage, opts: BuildOptions, planner: _P
             pool = ThreadPoolExecutor(max_workers=max(1, min(len(batches), cores)))
             try:
                 for future in [pool.submit(batch, jobs) for jobs in batches.values()]:
-                    future.result()
+                    # Woken every poll: a signal the kernel delivers to a worker thread runs its
+                    # handler only when the main thread runs again, so a blocking result() would
+                    # hold Ctrl-C or SIGTERM until the batch ended.
+                    while True:
+                        try:
+                            future.result(timeout=0.2)
+                            break
+                        except TimeoutError:
+                            continue
             except BaseException:
                 stop.set()  # every running batch kills its container within a poll
                 raise
