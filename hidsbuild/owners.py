@@ -14,16 +14,14 @@ import socket
 import tempfile
 from pathlib import Path
 
+from hids_bytecode.procstat import start_ticks
+
 __all__ = ["OWNER", "owner_alive", "make_scratch", "reap_scratch"]
 
 
 def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    return stat.rsplit(")", 1)[1].split()[19]
+    ticks = start_ticks(pid)
+    return None if ticks is None else str(ticks)
 
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"

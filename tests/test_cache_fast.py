@@ -8,14 +8,17 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from conftest_loader import MINI_SOURCE, compile_core
+from hids_bytecode.procstat import start_ticks
 
 from hidsbuild.artifacts import read_checked, record_tree, tree_intact, write_checked
 from hidsbuild.btf_header import problem
@@ -115,6 +118,27 @@ def test_owner_of_a_reused_pid_is_dead() -> None:
     assert owner_alive(f"{host}:{pid}:{start}") is True
     assert owner_alive(f"{host}:{pid}:{int(start) + 1}") is False, "same pid, another process"
     assert owner_alive(f"other-host:{pid}:1") is True, "another host's runs are never reaped"
+
+
+def test_start_time_of_a_process_named_with_parentheses_and_spaces(tmp_path: Path) -> None:
+    # A process's name is chosen by whoever starts it: "x) R 1 2 (" would shift every field of a
+    # naive split of /proc/<pid>/stat.
+    tricky = tmp_path / "x) R 1 2 3 4 ("
+    tricky.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    plain = subprocess.Popen(["sleep", "30"])
+    named = subprocess.Popen([str(tricky), "30"])
+    try:
+        # The kernel closes the exec error pipe Popen waits on before it renames the process.
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{named.pid}/comm").read_text().startswith("x) R 1 2"):
+            assert time.monotonic() < deadline, "the tricky name never showed in comm"
+            time.sleep(0.01)
+        ours, theirs = start_ticks(plain.pid), start_ticks(named.pid)
+        assert ours is not None and theirs is not None
+        assert 0 <= theirs - ours < 200, "both started within two seconds of each other"
+    finally:
+        plain.kill(), named.kill(), plain.wait(), named.wait()
+    assert start_ticks(named.pid) is None, "a reaped process has no start time"
 
 
 def test_checked_file_cut_after_write_is_discarded(tmp_path: Path) -> None:

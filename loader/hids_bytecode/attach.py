@@ -20,6 +20,7 @@ from pathlib import Path
 from . import interrupts
 from . import libbpf as lb
 from .errors import AttachError, LoadError, NotPermitted
+from .procstat import start_ticks
 from .sections import HOOK_TYPE_ORDER, hook_type_of
 
 __all__ = ["ProgramReport", "LoadedObject", "load_object", "open_and_load", "attach_all", "write_agent_tgid",
@@ -139,16 +140,6 @@ def open_and_load(lib: lb.Libbpf, data: bytes, label: str, btf_path: str | None 
     return loaded
 
 
-def _start_ticks(tgid: int) -> int:
-    """The process's start time in clock ticks since boot (field 22 of /proc/<tgid>/stat)."""
-    try:
-        stat = Path(f"/proc/{tgid}/stat").read_text()
-    except OSError:
-        raise LoadError(f"agent pid {tgid}: no such process") from None
-    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
 # The inode of the initial pid namespace (PROC_PID_INIT_INO): only there are pids the kernel's own.
 _INIT_PID_NS_INO = 0xEFFFFFFC
 
@@ -180,7 +171,10 @@ def set_agent_tgid(lib: lb.Libbpf, config_fd: int, tgid: int) -> None:
     lib.bpf_map_lookup_elem(config_fd, ctypes.byref(key), value)  # a fresh array reads as zeroes
     ctypes.c_uint32.from_buffer(value).value = tgid
     if info.value_size >= 16:
-        ctypes.c_uint64.from_buffer(value, 8).value = _start_ticks(tgid) if tgid else 0
+        ticks = start_ticks(tgid) if tgid else 0
+        if ticks is None:
+            raise LoadError(f"agent pid {tgid}: no such process")
+        ctypes.c_uint64.from_buffer(value, 8).value = ticks
     rc = lib.bpf_map_update_elem(config_fd, ctypes.byref(key), value, 0)
     if rc != 0:
         raise LoadError(f"cannot write the agent tgid into config: {lib.strerror(rc)}")
