@@ -8,15 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 __all__ = ["console", "step", "UnitProgress", "ByteProgress", "summary_table", "skipped_report", "failure_report"]
@@ -39,6 +30,9 @@ class UnitProgress:
     """A progress bar over units: done/total, cache hits and failures so far."""
 
     def __init__(self, total: int, cached: int) -> None:
+        # Imported here: a build of cached units shows no progress bar, and need not load it.
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self.counts = Counter(cached=cached)
         self._progress = Progress(
             TextColumn("[bold]units"), BarColumn(), MofNCompleteColumn(),
@@ -65,6 +59,15 @@ class ByteProgress:
     """A progress bar over bytes downloaded; `advance` is safe to call from worker threads."""
 
     def __init__(self, label: str, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                                   TimeElapsedColumn(), console=console, transient=False)
         self._task = self._progress.add_task(label, total=total)

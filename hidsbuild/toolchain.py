@@ -18,9 +18,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import docker
-import docker.errors
 from hids_bytecode.arches import ARCHES
 
 from . import containers
@@ -31,6 +30,9 @@ from .kernels import Toolchain
 from .owners import make_scratch
 from .report import console
 from .templating import TEMPLATES, render
+
+if TYPE_CHECKING:  # imported where used: the SDK costs ~0.2 s, which a build of cached units never needs
+    import docker
 
 __all__ = ["ToolchainImage", "toolchain_id", "ensure_image", "docker_client"]
 
@@ -68,6 +70,11 @@ def toolchain_id(tc: Toolchain) -> str:
 
 
 def docker_client() -> docker.DockerClient:
+    """A client of the local engine that answered a ping. The SDK is imported here, not with this
+    module: a build whose units are all cached never needs it (~0.2 s of imports)."""
+    import docker
+    import docker.errors
+
     try:
         client = docker.from_env(timeout=600)
         client.ping()
@@ -77,6 +84,8 @@ def docker_client() -> docker.DockerClient:
 
 
 def _ensure_base(client: docker.DockerClient, tc: Toolchain) -> None:
+    import docker.errors
+
     try:
         client.images.get(_base_tag(tc))
         return
@@ -140,6 +149,8 @@ def check_pins_served(tc: Toolchain) -> None:
 
 
 def _build_image(client: docker.DockerClient, tc: Toolchain, tag: str, from_scratch: bool) -> None:
+    import docker.errors
+
     check_pins_served(tc)
     _ensure_base(client, tc)
     log.info("building toolchain image %s (clang-%s)", tag, tc.clang)
@@ -161,6 +172,8 @@ def ensure_image(client: docker.DockerClient, tc: Toolchain, cache_dir: Path, re
     compiles and holds exactly the pinned packages, and the record is checked against the tag's
     image id on every use: an image replaced under the same tag is rebuilt, not trusted.
     """
+    import docker.errors
+
     if not tc.packages:
         raise ToolchainError("kernels.yaml's toolchain has no `packages:` pins; add them with "
                              "`invoke kernels.discover --toolchain --write kernels.yaml`")
