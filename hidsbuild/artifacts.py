@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .report import console
 
-__all__ = ["write_atomic", "write_checked", "read_checked", "record_tree", "tree_intact", "discard", "sha256_file"]
+__all__ = ["write_atomic", "write_if_changed", "write_checked", "read_checked", "record_tree", "tree_intact", "discard",
+           "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -39,6 +40,21 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_if_changed(path: Path, data: bytes, mode: int | None = None) -> bool:
+    """write_atomic unless `path` already holds exactly `data` (and `mode`, if given); whether it wrote.
+    Compared byte for byte, so a file altered since is replaced; a rebuild with nothing changed
+    rewrites (and fsyncs) nothing."""
+    try:
+        st = path.stat()
+        if (st.st_size == len(data) and (mode is None or stat.S_IMODE(st.st_mode) == mode)
+                and path.read_bytes() == data):
+            return False
+    except FileNotFoundError:
+        pass
+    write_atomic(path, data, mode)
+    return True
 
 
 def sha256_file(path: Path) -> str:

@@ -4,8 +4,9 @@ An entry is a directory named by the unit's cache key holding `unit.o` and `meta
 written in a staging directory owned by this process and renamed into place, so a reader sees a
 whole entry or none; staging left by a process that died is removed by the next cache opened on
 the same directory. A hit is trusted only when its metadata is well formed, its object matches
-the recorded sha256 and size, and the object still reads as a BPF object with the programs and
-maps recorded; anything else is discarded with one line and rebuilt.
+the recorded sha256 and size, the object still reads as a BPF object with the programs and
+maps recorded, and (given the build's toolchain id) it was compiled by that toolchain; anything
+else is discarded with one line and rebuilt.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ class CachedObject:
 
 
 class ObjectCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, toolchain_id: str | None = None) -> None:
+        """`toolchain_id`: the id every hit must record as the toolchain that compiled it. The id
+        is part of each key already; checking it again keeps an entry that lies about its compiler
+        (written by a bug, or edited) from being paired with this build's toolchain."""
         self.root = root
+        self.toolchain_id = toolchain_id
         self._staging = root / ".staging"
         reap_scratch(self._staging)
 
@@ -49,6 +54,8 @@ class ObjectCache:
     def _problem(self, data: bytes, meta: Any) -> str | None:
         if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t) for k, t in _META_TYPES.items()):
             return "meta.json is not an entry's metadata"
+        if self.toolchain_id is not None and meta["toolchain"] != self.toolchain_id:
+            return f"compiled by toolchain {meta['toolchain']}, not this build's {self.toolchain_id}"
         if len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
             return "the object does not match the sha256 and size recorded when it was cached"
         # The full validation ran before the object was cached; on every hit the loader's own ELF

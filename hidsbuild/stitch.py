@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 __all__ = ["Stitched", "stitch", "StitchError"]
@@ -29,7 +30,7 @@ class Stitched:
     text: str
     files: tuple[str, ...]  # project-relative paths merged in, in order
 
-    @property
+    @cached_property  # read for every unit's cache key and index entry: hashed once
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
