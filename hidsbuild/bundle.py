@@ -21,7 +21,6 @@ from typing import Any
 from packaging.utils import canonicalize_name
 from rich.table import Table
 
-from .artifacts import write_atomic
 from .builddir import Bundle, join, read_build_dir
 from .errors import BundleError
 from .provenance import git_state, statement, statement_bytes
@@ -29,7 +28,7 @@ from .report import console, step
 from .signing import KEY_ENV, SigningKey, load_signing_key
 from .templating import render
 from .versioning import VERSION, source_hash, wheel_version
-from .wheel import wheel_bytes
+from .wheel import inputs_digest, remove_wheel, unchanged, wheel_bytes, write_wheel
 
 __all__ = ["LOADER", "PACKAGE", "bundle_wheels", "platform_tag"]
 
@@ -158,26 +157,33 @@ def bundle_wheels(sources: list[Path], dist: Path, loader: Path = LOADER, sign_k
     dist_name = canonicalize_name(project["name"]).replace("-", "_")
     dist_info = f"{dist_name}-{version}.dist-info"
 
-    wheels: dict[Path, tuple[str, bytes]] = {}
+    # path -> (arch, the wheel's bytes, the digest of its inputs); bytes None: the wheel at the path
+    # already is them, checked against its record, and is neither compressed nor written again.
+    wheels: dict[Path, tuple[str, bytes | None, str]] = {}
     with step(f"assemble {dist_name} {version} for {', '.join(bundle.arches())}"):
         for arch in bundle.arches():
             files = _wheel_files(bundle, arch, loader_files, project, version, identity, dist_info, git, key)
-            wheels[dist / f"{dist_name}-{version}-{platform_tag(arch)}.whl"] = (arch, wheel_bytes(files, dist_info))
+            path = dist / f"{dist_name}-{version}-{platform_tag(arch)}.whl"
+            digest = inputs_digest(files, dist_info)
+            wheels[path] = (arch, None if unchanged(path, digest) else wheel_bytes(files, dist_info), digest)
 
     written: list[Path] = []
     try:
-        for path, (_, data) in wheels.items():
-            write_atomic(path, data, 0o644)
-            written.append(path)
+        for path, (_, data, digest) in wheels.items():
+            if data is not None:
+                write_wheel(path, data, digest)
+                written.append(path)
     except BaseException:
         for path in written:
-            path.unlink(missing_ok=True)
+            remove_wheel(path)
         raise
-    for path, (arch, data) in wheels.items():
+    for path, (arch, data, _) in wheels.items():
         for stale in dist.glob(f"{dist_name}-*-{platform_tag(arch)}.whl"):
             if stale != path:
-                stale.unlink()
+                remove_wheel(stale)
                 console.print(f"  replaced {stale.name}")
-        console.print(_size_table(path.name, bundle.for_arch(arch), len(data), _signed_by(key)))
+        if data is None:
+            console.print(f"  {path.name}: unchanged (the bytes these inputs make, as recorded when written)")
+        console.print(_size_table(path.name, bundle.for_arch(arch), path.stat().st_size, _signed_by(key)))
     console.print(_signed_by(key), soft_wrap=True)  # one line, whatever the width: scripts grep it
     return list(wheels)
