@@ -9,7 +9,8 @@ watch file --window-ms 0` on CPU 0 writes JSON lines into a pipe this process re
 Reported: events decoded (every process's, the generator's counted apart and checked for gaps),
 the consumer's CPU seconds, and what was lost (the kernel's dropped counters and loss records).
 MODE `profile`: where a record's CPU time goes, on full rings (filled while the reader waits):
-reading the ring alone, plus decoding, plus the stream's enrichment and merge (the whole path).
+reading the ring alone, plus unpacking, the API's whole path, with json.dumps, watch's lines, and
+those written to a pipe (see profile()).
 """
 
 from __future__ import annotations
@@ -123,54 +124,118 @@ def watch(loadgen: str, seconds: float, rate: int) -> dict[str, Any]:
             "cpu_s": cpu, "wall_s": wall, "exit": os.waitstatus_to_exitcode(status)}
 
 
+def _fill(loadgen: str) -> None:
+    """20 ms of unpaced opens: a few thousand records, more than a round's budget."""
+    subprocess.run(["taskset", "-c", "1", loadgen, "0", "0.02", "profile"], capture_output=True)
+
+
+class _Runs(dict[tuple[int, int], Any]):
+    """Stands in for the stream's runs (ringbuf.py): counts the records of each run, after
+    unpacking them when `unpack`, and builds nothing."""
+
+    def __init__(self, schema: Any, counted: list[int], unpack: bool) -> None:
+        super().__init__()
+        self.schema, self.counted, self.unpack = schema, counted, unpack
+
+    def __missing__(self, key: tuple[int, int]) -> Any:
+        layout = self.schema.events.get(key[0])
+        take = None
+        if layout is not None and layout.batches is not None and key[1] >= layout.size:
+            stride = (key[1] + 15) & ~7
+            rows = layout.batches.row_struct(stride).iter_unpack
+            counted, unpack = self.counted, self.unpack
+
+            def take(view: memoryview) -> None:
+                counted[0] += len(list(rows(view))) if unpack else len(view) // stride
+        self[key] = take
+        return take
+
+
 def profile(loadgen: str, rounds: int = 30) -> dict[str, Any]:
-    """Microseconds of consumer CPU per record for each stage, on rings filled by `loadgen`."""
+    """Microseconds of consumer CPU per record, cumulative stages on rings filled by `loadgen`:
+    the ring walk alone, plus unpacking each run (struct.iter_unpack), the API's whole path
+    (records as dicts, merged, drained), the same plus json.dumps of each (what watch did), the
+    whole path of watch's JSON lines (drain_lines: compiled templates, no dicts), and those lines
+    written to a pipe as watch writes them."""
     from hids_bytecode import api as loader
 
     os.sched_setaffinity(0, {0})
     out: dict[str, Any] = {"mode": "profile"}
+    encode = json.JSONEncoder(sort_keys=True).encode
+    sink = subprocess.Popen(["taskset", "-c", "1", "cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert sink.stdin is not None
+    pipe = sink.stdin
     with loader.stream(["file"], "raw", window_ms=0, reader="mmap") as events:
         events.poll(0)
         events.drain()
         rings = list(events._rings)  # the bench looks inside: one stage at a time
-        decode_at = events._sources["file"].schema.decode_at  # type: ignore[union-attr]
+        schema = events._sources["file"].schema
         counted = [0]
 
-        def read_only(_buf: Any, _off: int, _n: int) -> None:
+        def count(_buf: Any, _off: int, _n: int) -> None:
             counted[0] += 1
 
-        def decode(buf: Any, off: int, n: int) -> None:
-            decode_at(buf, off, n)
-            counted[0] += 1
+        def fake(unpack: bool) -> int:
+            counted[0] = 0
+            events.poll(0)
+            return counted[0]
 
-        for stage, accept in (("read_us", read_only), ("read_decode_us", decode), ("whole_path_us", None)):
-            events._rings = [(ring, accept or own) for ring, own in rings]
-            cpu, records = 0.0, 0
+        def records() -> int:
+            events.poll(0)
+            return len(events.drain())
+
+        def dumped() -> int:
+            events.poll(0)
+            batch = events.drain()
+            "".join([encode(event) + "\n" for event in batch])
+            return len(batch)
+
+        def lines() -> int:
+            events.poll(0)
+            return len(events.drain_lines())
+
+        def written() -> int:
+            events.poll(0)
+            batch = events.drain_lines()
+            pipe.write("".join(batch))
+            pipe.flush()
+            return len(batch)
+
+        stages: list[tuple[str, Any, bool | None]] = [("read_us", fake, False), ("unpack_us", fake, True),
+                                                      ("records_us", records, None), ("records_json_us", dumped, None),
+                                                      ("lines_us", lines, None), ("lines_written_us", written, None)]
+        for stage, step, unpack in stages:  # lines last: from drain_lines on, the stream makes lines
+            fakes: Any = [(ring, count, _Runs(schema, counted, bool(unpack))) for ring, _, _ in rings]
+            events._rings = rings if unpack is None else fakes
+            cpu, taken = 0.0, 0
             for _ in range(rounds):
-                subprocess.run(["taskset", "-c", "1", loadgen, "0", "0.02", "profile"], capture_output=True)
-                counted[0] = 0
+                _fill(loadgen)
                 start = time.process_time()
-                events.poll(0)
-                records += len(events.drain()) if accept is None else counted[0]
+                while True:  # a round stops at the budget: read the whole ring
+                    n = step(unpack) if unpack is not None else step()
+                    taken += n
+                    if n < 100:
+                        break
                 cpu += time.process_time() - start
-            out[stage] = cpu / max(records, 1) * 1e6
-            out[f"{stage[:-3]}_records"] = records
+            out[stage] = cpu / max(taken, 1) * 1e6
+            out[f"{stage[:-3]}_records"] = taken
         events._rings = rings
-    with loader.stream(["file"], "raw", window_ms=0, reader="libbpf") as events:  # the old path, for comparison
+    pipe.close()
+    sink.wait()
+    with loader.stream(["file"], "raw", window_ms=0, reader="libbpf") as events:  # the libbpf path, for comparison
         events.poll(0)
         events.drain()
-        cpu, records = 0.0, 0
+        cpu, taken = 0.0, 0
         for _ in range(rounds):
-            subprocess.run(["taskset", "-c", "1", loadgen, "0", "0.02", "profile"], capture_output=True)
+            _fill(loadgen)
             start = time.process_time()
-            while True:  # libbpf's round stops at the budget too: read the whole ring as above
-                events.poll(0)
-                batch = events.drain()
-                records += len(batch)
-                if len(batch) < 100:
+            while True:
+                n = records()
+                taken += n
+                if n < 100:
                     break
             cpu += time.process_time() - start
-        out["libbpf_whole_path_us"] = cpu / max(records, 1) * 1e6
+        out["libbpf_records_us"] = cpu / max(taken, 1) * 1e6
     return out
 
 

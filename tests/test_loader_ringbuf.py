@@ -8,6 +8,7 @@ since the kernel never hands these programs' readers a busy or discarded record 
 # ruff: noqa: E402
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import struct
@@ -50,7 +51,7 @@ for line in sys.stdin:
 class FakeRing:
     """A memfd with the kernel's layout: consumer page, producer page, then the data area. The
     kernel maps the data twice in a row; here the second copy is the file's next bytes, which
-    `put` writes too when a record wraps."""
+    `put` writes too."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
@@ -68,6 +69,8 @@ class FakeRing:
         os.pwrite(self.fd, record, offset)
         if (pos & (self.size - 1)) + len(record) > self.size:  # the kernel's second mapping, by hand
             os.pwrite(self.fd, record[self.size - (pos & (self.size - 1)):], 2 * PAGE)
+        else:  # and its copy of a record that does not wrap, which a run crossing the end reads
+            os.pwrite(self.fd, record, offset + self.size)
         self.producer += len(record)
         os.pwrite(self.fd, struct.pack("=Q", self.producer), PAGE)
         return pos
@@ -156,6 +159,72 @@ def test_a_record_that_wraps_is_read_whole(ring: FakeRing) -> None:
     assert ring.consumer() > ring.size  # positions only grow; the offset wrapped
 
 
+def _typed(kind: int, n: int, size: int = 20) -> bytes:
+    return struct.pack("=II", kind, n).ljust(size, b"\xee")
+
+
+class Runs(dict[tuple[int, int], Any]):
+    """Takes runs of types 1 and 2 (not 3), noting each run's records; per-record ones go to `one`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[bytes]] = []
+        self.one: list[bytes] = []
+
+    def __missing__(self, key: tuple[int, int]) -> Any:
+        kind, length = key
+        if kind == 3:
+            return None
+        stride = (length + 15) & ~7
+
+        def take(view: memoryview) -> None:
+            assert len(view) % stride == 0
+            self.calls.append([bytes(view[i + 8:i + 8 + length]) for i in range(0, len(view), stride)])
+        return take
+
+    def consume(self, ring: FakeRing, budget: int = 100) -> tuple[int, bool]:
+        return ring.reader.consume(lambda buf, off, n: self.one.append(bytes(buf[off:off + n])), budget, self)
+
+
+def test_runs_of_one_type_and_length_are_taken_in_one_call_in_ring_order(ring: FakeRing) -> None:
+    records = [_typed(1, n) for n in range(5)] + [_typed(2, n) for n in range(3)] + [_typed(1, 9, 28)]
+    records += [_typed(3, 0), _typed(1, 10), _typed(1, 11)]
+    for record in records:
+        ring.put(record)
+    runs = Runs()
+    assert runs.consume(ring) == (len(records), False)
+    assert runs.calls == [records[0:5], records[5:8], [records[8]], records[10:12]]
+    assert runs.one == [records[9]]  # a type nobody takes runs of: one by one
+    assert ring.consumer() == ring.producer
+
+
+def test_a_run_stops_before_a_busy_or_discarded_record_and_at_the_budget(ring: FakeRing) -> None:
+    records = [_typed(1, n) for n in range(8)]
+    positions = [ring.put(record) for record in records]
+    ring.set_flags(positions[3], 20, DISCARD)
+    ring.set_flags(positions[6], 20, BUSY)
+    runs = Runs()
+    assert runs.consume(ring) == (5, False)
+    assert runs.calls == [records[0:3], records[4:6]]
+    assert ring.consumer() == positions[6]  # not past the record being written
+    ring.set_flags(positions[6], 20, 0)
+    assert runs.consume(ring, budget=1) == (1, True)
+    assert runs.calls[-1] == [records[6]]
+    assert runs.consume(ring) == (1, False)
+    assert runs.calls[-1] == [records[7]] and ring.consumer() == ring.producer
+
+
+def test_a_run_that_wraps_is_one_contiguous_view(ring: FakeRing) -> None:
+    ring.put(b"a" * (ring.size - 8 - 3 * 24))  # three 24-byte strides before the end
+    assert _take(ring)[0] == [b"a" * (ring.size - 8 - 3 * 24)]
+    records = [_typed(1, n) for n in range(6)]
+    for record in records:
+        ring.put(record)
+    runs = Runs()
+    assert runs.consume(ring) == (6, False)
+    assert runs.calls == [records]
+
+
 # ------------------------------------------------------------------------------ live tier
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading eBPF needs root")
 
@@ -169,9 +238,10 @@ def env(loader_data: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert not Path(pins).exists()
 
 
-def _lockstep(reader: str, tag: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _lockstep(reader: str, tag: str, lines: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """BURSTS x PER_BURST opens by a child, each burst drained before the next starts; the
-    generator's records (in arrival order) and what the stream reports about its ring."""
+    generator's records (in arrival order; with `lines`, read as drain_lines' JSON lines and
+    parsed) and what the stream reports about its ring."""
     prefix = f"{PREFIX}/{tag}"
     child = subprocess.Popen([sys.executable, "-c", GENERATOR, prefix], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
@@ -189,14 +259,15 @@ def _lockstep(reader: str, tag: str) -> tuple[list[dict[str, Any]], dict[str, An
             # rounds (not a time) reads them, each round up to the budget.
             for _ in range(10_000):
                 events.poll(0)
-                mine += [e for e in events.drain() if e.get("event") == "open" and e["path"].startswith(prefix)]
+                batch = [json.loads(line) for line in events.drain_lines()] if lines else events.drain()
+                mine += [e for e in batch if e.get("event") == "open" and e["path"].startswith(prefix)]
                 rounds += 1
                 if len(mine) >= wanted:
                     break
             else:
                 break
         info = {"lost": dict(events.lost), "rounds": rounds, "pid": child.pid,
-                "rings": [(r.consumer_pos, r.producer_pos, r.size) for r, _ in events._rings]}
+                "rings": [(r.consumer_pos, r.producer_pos, r.size) for r, _, _ in events._rings]}
     child.stdin.close()
     child.wait()
     return mine, info
@@ -232,6 +303,18 @@ def test_mmap_and_libbpf_readers_decode_the_same_records(env: None) -> None:
     by_libbpf, _ = _lockstep("libbpf", tag)
     assert len(by_mmap) == len(by_libbpf) == BURSTS * PER_BURST
     assert [_same_fields(e) for e in by_mmap] == [_same_fields(e) for e in by_libbpf]
+
+
+@needs_root
+@pytest.mark.skipif(not MMAP_SAFE, reason="the mmap reader is used on x86_64 only")
+def test_json_lines_made_from_runs_are_the_records_libbpf_decodes(env: None) -> None:
+    """What `watch` writes (drain_lines: compiled templates over runs of records) against the
+    one-by-one records of libbpf's reader, for the same generator."""
+    tag = uuid.uuid4().hex[:8]
+    by_lines, info = _lockstep("mmap", tag, lines=True)
+    by_libbpf, _ = _lockstep("libbpf", tag)
+    assert len(by_lines) == len(by_libbpf) == BURSTS * PER_BURST, info  # info: what the ring lost
+    assert [_same_fields(e) for e in by_lines] == [_same_fields(e) for e in by_libbpf]
 
 
 def test_compiled_stream_records_equal_decoded_ones_plus_the_stream_keys(loader_data: Path) -> None:

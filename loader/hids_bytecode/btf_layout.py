@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import json
 import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Union, cast
 
 from . import libbpf as lb
 from .errors import LoadError
 
-__all__ = ["EventLayout", "Schema", "schema_from_object", "schema_from_object_file", "schema_from_btf"]
+__all__ = ["EventLayout", "Batches", "Seconds", "Schema", "schema_from_object", "schema_from_object_file",
+           "schema_from_btf"]
 
 _INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
 _MODIFIERS = {9, 10, 11, 18}  # volatile, const, restrict, type_tag: no layout of their own
@@ -44,6 +48,7 @@ class EventLayout:
     size: int
     record: Reader  # (buffer, offset=0) -> {"event": name, ...}: reads `size` bytes from offset
     stream: StreamReader | None = None  # the same as a stream record, see Schema.stream_at
+    batches: Batches | None = None  # the same for runs of records, see Batches
 
 
 class _Btf:
@@ -164,6 +169,16 @@ class _Btf:
 
         With `stream`, the function is a stream record's (see Schema.stream_at): None when the
         layout has no hdr.ts_ns and hdr.cgroup_id."""
+        plan = self._plan(type_id)
+        return None if plan is None else _compile_reader(*plan, event, stream)
+
+    def fast_batches(self, type_id: int, event: str) -> Batches | None:
+        """The functions a stream gives whole runs of same-layout ring records (Batches): None
+        where fast_decoder(..., stream=True) is None."""
+        plan = self._plan(type_id)
+        return None if plan is None else _compile_batches(*plan, event)
+
+    def _plan(self, type_id: int) -> _Plan | None:
         fields: list[_Field] = []
         containers: list[tuple[int, str]] = [(-1, "")]  # (parent index, key) of each nested dict
         ip_fixups: list[tuple[int, str, list[str]]] = []
@@ -176,7 +191,7 @@ class _Btf:
                 return None
             fmt += f"{offset - cursor}x{code}" if offset > cursor else code
             cursor = offset + size
-        return _compile_reader(struct.Struct(fmt), fields, containers, ip_fixups, event, stream)
+        return struct.Struct(fmt), fields, containers, ip_fixups
 
     def _flatten(self, type_id: int, base: int, container: int, fields: list[_Field],
                  containers: list[tuple[int, str]], ip_fixups: list[tuple[int, str, list[str]]]) -> bool:
@@ -250,59 +265,214 @@ class _ListOfStrings:
 _Field = tuple[int, str, int, tuple[int, str], Union[Callable[[Any], Any], _ListOfStrings, None]]
 
 
-def _compile_reader(layout: struct.Struct, fields: list[_Field], containers: list[tuple[int, str]],
-                    ip_fixups: list[tuple[int, str, list[str]]], event: str | None, stream: bool) -> Reader | None:
-    """Python source for one layout, compiled once: `v = unpack_from(b, o)` then a dict display.
-    Only integers (tuple indexes) and repr()'d names from the object's BTF enter the source."""
-    namespace: dict[str, Any] = {"unpack_from": layout.unpack_from, "_strings": _strings, "_ip": _ip,
-                                 "_as_bytes": _as_bytes}
-    value: dict[tuple[int, str], str] = {}  # (container, key) -> expression of its final value
+_Plan = tuple[struct.Struct, list[_Field], list[tuple[int, str]], list[tuple[int, str, list[str]]]]
+_NS = 1_000_000_000
+
+
+def _values(fields: list[_Field], ip_fixups: list[tuple[int, str, list[str]]]) -> dict[tuple[int, str], str]:
+    """(container, key) -> the Python expression of its final value, reading tuple `v` of the
+    layout's unpack. Only integers (tuple indexes) and repr()'d names from the object's BTF enter
+    the source; enum lookups are namespace entries e<index>."""
+    value: dict[tuple[int, str], str] = {}
     for index, (_, _, _, owner_key, post) in enumerate(fields):
         if post is None or isinstance(post, _ListOfStrings):
             value[owner_key] = f"v[{index}]"
         elif post is _c_string:
-            value[owner_key] = f"v[{index}].partition(b'\\0')[0].decode('utf-8', 'replace')"
+            value[owner_key] = f"v[{index}].partition(NUL)[0].decode('utf-8', 'replace')"
         elif post is bytes.hex:
             value[owner_key] = f"v[{index}].hex()"
         else:  # an enum: its names
-            namespace[f"e{index}"] = post
             value[owner_key] = f"e{index}(v[{index}])"
-    lines = ["def decode(b, o=0):", "    v = unpack_from(b, o)"]
-    temps: dict[tuple[int, str], str] = {}
-    for owner, family_key, addr_keys in ip_fixups:  # addresses need their family: computed first
+    addresses: dict[tuple[int, str], str] = {}  # need their family's value: made from the raw ones
+    for owner, family_key, addr_keys in ip_fixups:
         family = value.get((owner, family_key), "None")
         for key in addr_keys:
             if (owner, key) in value:
-                temp = f"t{len(temps)}"
-                lines.append(f"    {temp} = {value[(owner, key)]}")
-                temps[(owner, key)] = f"_ip({family}, _as_bytes({temp}), {temp})"
-    value.update(temps)
+                raw = value[(owner, key)]
+                addresses[(owner, key)] = f"_ip({family}, _as_bytes({raw}), {raw})"
+    value.update(addresses)
     for index, (_, _, _, (owner, key), post) in enumerate(fields):
         if isinstance(post, _ListOfStrings):
             value[(owner, key)] = f"_strings(v[{index}], {value.get((owner, post.length_key), 'None')})"
+    return value
 
-    def display(container: int) -> str:
-        items = [f"{key!r}: {display(child)}" for child, (parent, key) in enumerate(containers)
-                 if parent == container and child]
-        items += [f"{key!r}: {value[(owner, key)]}" for _, _, _, (owner, key), _ in fields if owner == container]
-        return "{" + ", ".join(items) + "}"
 
-    body = display(0)
+def _namespace(layout: struct.Struct, fields: list[_Field]) -> dict[str, Any]:
+    namespace: dict[str, Any] = {"unpack_from": layout.unpack_from, "_strings": _strings, "_ip": _ip,
+                                 "_as_bytes": _as_bytes, "NUL": b"\0", "esc": encode_basestring_ascii,
+                                 "_json_list": _json_list, "_json_any": _json_any, "TF": ("false", "true")}
+    for index, (_, _, _, _, post) in enumerate(fields):
+        if post is not None and not isinstance(post, _ListOfStrings) and post not in (_c_string, bytes.hex):
+            namespace[f"e{index}"] = post
+    return namespace
+
+
+def _display(fields: list[_Field], containers: list[tuple[int, str]], value: dict[tuple[int, str], str],
+             container: int = 0) -> str:
+    """The dict display of `container`: nested structs first, then the members in layout order."""
+    items = [f"{key!r}: {_display(fields, containers, value, child)}" for child, (parent, key) in enumerate(containers)
+             if parent == container and child]
+    items += [f"{key!r}: {value[(owner, key)]}" for _, _, _, (owner, key), _ in fields if owner == container]
+    return "{" + ", ".join(items) + "}"
+
+
+def _hdr_members(fields: list[_Field], containers: list[tuple[int, str]]) -> tuple[int, int] | None:
+    """The tuple indexes of hdr.ts_ns and hdr.cgroup_id, which a stream merges and enriches by."""
+    hdr = next((i for i, c in enumerate(containers) if c == (0, "hdr")), None)
+    found = {key: index for index, (_, code, _, (owner, key), post) in enumerate(fields)
+             if owner == hdr and post is None and code in ("Q", "q")}
+    return (found["ts_ns"], found["cgroup_id"]) if "ts_ns" in found and "cgroup_id" in found else None
+
+
+def _compile(source: list[str], namespace: dict[str, Any], name: str, label: str) -> Any:
+    exec(compile("\n".join(source), f"<hids layout {label}>", "exec"), namespace)
+    return namespace[name]
+
+
+def _compile_reader(layout: struct.Struct, fields: list[_Field], containers: list[tuple[int, str]],
+                    ip_fixups: list[tuple[int, str, list[str]]], event: str | None, stream: bool) -> Reader | None:
+    """Python source for one layout, compiled once: `v = unpack_from(b, o)` then a dict display."""
+    value = _values(fields, ip_fixups)
+    body = _display(fields, containers, value)
     if event is not None:
         body = "{" + f"'event': {event!r}, " + body[1:] if body != "{}" else "{" + f"'event': {event!r}" + "}"
+    lines = ["def decode(b, o=0):", "    v = unpack_from(b, o)"]
     if stream:  # the stream's keys in the same display: the dict is made once, at its final size
-        hdr = next((i for i, c in enumerate(containers) if c == (0, "hdr")), None)
-        ts, cgroup = value.get((hdr or -1, "ts_ns")), value.get((hdr or -1, "cgroup_id"))
-        if ts is None or cgroup is None:
+        hdr = _hdr_members(fields, containers)
+        if hdr is None:
             return None
         lines[0] = "def decode(b, o, offset_ns, rfc3339, program, version, host):"
-        lines.append(f"    wall = {ts} + offset_ns")
+        lines.append(f"    wall = v[{hdr[0]}] + offset_ns")
         body = body[:-1] + (", 'time_ns': wall, 'time': rfc3339(wall), 'program': program, "
                             "'schema_version': version, 'host': {'name': host}}")
-        body = f"{ts}, {cgroup}, {body}"
+        body = f"v[{hdr[0]}], v[{hdr[1]}], {body}"
     lines.append(f"    return {body}")
-    exec(compile("\n".join(lines), f"<hids layout {event or 'struct'}>", "exec"), namespace)
-    return cast(Reader, namespace["decode"])
+    return cast(Reader, _compile(lines, _namespace(layout, fields), "decode", event or "struct"))
+
+
+class Seconds(dict[int, str]):
+    """Unix second -> `YYYY-MM-DDTHH:MM:SS` (UTC), remembered: a run of records shares a few
+    seconds, so the strftime of rfc3339 is paid once per second, not once per record."""
+
+    def __missing__(self, second: int) -> str:
+        if len(self) >= 64:
+            self.clear()
+        text = self[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return text
+
+
+RowsReader = Callable[..., "list[tuple[int, int, dict[str, Any]]]"]
+LinesReader = Callable[..., "list[tuple[int, int, str]]"]
+
+
+@dataclass(frozen=True)
+class Batches:
+    """A layout's functions over a run of its ring records, each row a tuple of
+    `row_struct(stride)` (the ring's 8-byte record header skipped, the layout, padding):
+
+    - rows(rows, offset_ns, seconds, program, version, host, arrival) -> [(ts_ns, arrival + i,
+      record)], each record what Schema.stream_at gives; `seconds` a Seconds.
+    - lines(rows, offset_ns, seconds, arrival, containers, tail) -> [(ts_ns, arrival + i, line)],
+      line being json.dumps(record, sort_keys=True) + "\\n" of that record plus its container,
+      made without the record. `containers` maps hdr.cgroup_id to the container member's JSON
+      text with its separator (`"container": {...}, ` when `container_first`, else
+      `, "container": {...}`; "" for none); `tail` holds the JSON texts of the event's name,
+      program, schema_version and host. None when a member name is not a plain identifier or
+      repeats a stream key (then the stream encodes the record).
+    """
+
+    fmt: str
+    rows: RowsReader
+    lines: LinesReader | None
+    cgroup_index: int
+    container_first: bool
+
+    def row_struct(self, stride: int) -> struct.Struct:
+        return struct.Struct(f"=8x{self.fmt[1:]}{stride - 8 - struct.calcsize(self.fmt)}x")
+
+
+def _compile_batches(layout: struct.Struct, fields: list[_Field], containers: list[tuple[int, str]],
+                     ip_fixups: list[tuple[int, str, list[str]]], event: str) -> Batches | None:
+    hdr = _hdr_members(fields, containers)
+    if hdr is None:
+        return None
+    ts, cgroup = hdr
+    value = _values(fields, ip_fixups)
+    namespace = _namespace(layout, fields)
+    body = _display(fields, containers, value)
+    stream_keys = (f"'time_ns': (w := v[{ts}] + offset_ns), 'time': f\"{{seconds[w // {_NS}]}}.{{w % {_NS}:09d}}Z\", "
+                   "'program': program, 'schema_version': version, 'host': {'name': host}")
+    body = "{" + f"'event': {event!r}, " + body[1:-1] + (", " if body != "{}" else "") + stream_keys + "}"
+    rows = _compile(["def rows(rows, offset_ns, seconds, program, version, host, arrival):",
+                     f"    return [(v[{ts}], arrival + i, {body}) for i, v in enumerate(rows)]"],
+                    namespace, "rows", event)
+    found = _json_display(fields, containers, value, ts, cgroup)
+    lines, first = None, True
+    if found is not None:
+        text, first = found
+        quote = "'" * 3
+        lines = _compile(["def lines(rows, offset_ns, seconds, arrival, containers, tail):",
+                          f"    return [(v[{ts}], arrival + i, f{quote}{text}\\n{quote}) for i, v in enumerate(rows)]"],
+                         namespace, "lines", f"{event} json")
+    return Batches(layout.format, rows, lines, cgroup, first)
+
+
+def _json_display(fields: list[_Field], containers: list[tuple[int, str]], value: dict[tuple[int, str], str],
+                  ts: int, cgroup: int) -> tuple[str, bool] | None:
+    """The body of a '''-quoted f-string that is the stream record's JSON with sorted keys and
+    the json module's separators, and whether the optional container member comes first. Names
+    enter the literal text only when they are plain ASCII identifiers (nothing to escape or to
+    end the string); values are integers or go through the json module's own escaping."""
+    codes = {owner_key: (code, post) for _, code, _, owner_key, post in fields}
+
+    def member(owner: int, key: str) -> str:
+        code, post = codes[(owner, key)]
+        expr = value[(owner, key)].replace("'", '"')  # inside ''' quotes
+        if expr.startswith("_ip(") or (post is not None and not isinstance(post, _ListOfStrings)
+                                       and post not in (_c_string, bytes.hex)):
+            return f"{{_json_any({expr})}}"  # an address, or an enum's name (a number without one)
+        if isinstance(post, _ListOfStrings):
+            return f"{{_json_list({expr})}}"
+        if post is _c_string:
+            return f"{{esc({expr})}}"
+        if post is bytes.hex:
+            return f'"{{{expr}}}"'
+        return f"{{TF[{expr}]}}" if code == "?" else f"{{{expr}}}"
+
+    def obj(container: int, items: dict[str, str]) -> str | None:
+        for child, (parent, key) in enumerate(containers):
+            if parent == container and child:
+                nested = obj(child, {})
+                if nested is None or key in items:
+                    return None
+                items[key] = nested
+        for _, _, _, (owner, key), _ in fields:
+            if owner == container:
+                if key in items:
+                    return None
+                items[key] = member(owner, key)
+        if not all(key.isidentifier() and key.isascii() for key in items):
+            return None
+        return "{{" + ", ".join(f'"{key}": {items[key]}' if key != "container" else "\0"
+                                for key in sorted(items)) + "}}"
+
+    top = {"event": "{tail[0]}", "program": "{tail[1]}", "schema_version": "{tail[2]}", "host": "{tail[3]}",
+           "time": f'"{{seconds[(w := v[{ts}] + offset_ns) // {_NS}]}}.{{w % {_NS}:09d}}Z"',
+           "time_ns": "{w}", "container": ""}  # "time" sorts before "time_ns", which reuses its w
+    text = obj(0, top)
+    if text is None:
+        return None
+    first = text.startswith("{{\0")
+    # The container member is optional: its text, separator included, comes from `containers`.
+    text = text.replace("\0, " if first else ", \0", f"{{containers[v[{cgroup}]]}}")
+    return text, first
+
+
+def _json_list(items: list[str]) -> str:
+    return "[" + ", ".join(map(encode_basestring_ascii, items)) + "]"
+
+
+_json_any = json.JSONEncoder(sort_keys=True).encode  # what `watch` writes for every other record
 
 
 def _strings(raw: bytes, length: Any) -> list[str]:
@@ -389,7 +559,7 @@ def schema_from_btf(lib: lb.Libbpf, btf: int) -> Schema:
             size = view.size(struct_id)
             record = view.fast_decoder(struct_id, short) or _general_record(short, size, view.decoder(struct_id))
             stream = cast("StreamReader | None", view.fast_decoder(struct_id, short, stream=True))
-            events[value] = EventLayout(short, value, size, record, stream)
+            events[value] = EventLayout(short, value, size, record, stream, view.fast_batches(struct_id, short))
     counter_id = view.find(_STRUCT, "hids_counter")
     return Schema(events, type_names, view.decoder(counter_id) if counter_id else None)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import itertools
+import json
 import math
 import os
 import select
@@ -34,12 +34,13 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from . import interrupts
 from . import libbpf as lb
 from .attach import LoadedObject, load_object, set_agent_tgid
-from .btf_layout import Schema, schema_from_object
+from .btf_layout import Batches, Schema, Seconds, schema_from_object
 from .errors import HidsError, Interrupted, InvalidArgument, LoadError, NotLoaded
 from .events import PERF_EVENT_ARRAY, RINGBUF, map_info, read_counters
 from .hostinfo import HostFacts
@@ -47,7 +48,7 @@ from .identity import CgroupResolver, host_name
 from .manifest import load_manifest
 from .mounts import ensure_bpf_filesystems
 from .pins import PinTree, check_name, locked_tree, pin_dir
-from .ringbuf import MMAP_SAFE, RingReader
+from .ringbuf import MMAP_SAFE, RingReader, Take
 from .schema_map import FORMATS, SCHEMA_VERSION, convert
 from .walltime import WallClock, rfc3339
 
@@ -62,15 +63,17 @@ _PERF_PAGES = 64
 _POLL_MS = 20
 _BUDGET = 2048  # records per ring per round
 _EAGAIN = 11
+_MAX_RECORD = 1 << 20  # longer ring records are no layout's: one by one
 _HOUSEKEEPING_NS = 1_000_000_000  # counters, lost reports, reload checks: once a second
 
 
 @contextmanager
 def _no_collection() -> Iterator[None]:
-    """The cyclic garbage collector paused for one round. A round allocates thousands of records
+    """The cyclic garbage collector paused for one poll. A round allocates thousands of records
     (acyclic dicts) that the merge then holds: each collection in between walks them all, which
     at saturation costs about as much as decoding them (invoke bench's event profile). Paused, they
-    are freed by reference counting once the caller drops them, and never walked."""
+    are freed by reference counting once the caller drops them, and walked at most once, by the
+    first collection after the poll."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -78,6 +81,47 @@ def _no_collection() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+_encode = json.JSONEncoder(sort_keys=True).encode  # as `watch` writes records (drain_lines)
+
+
+class _Runs(dict[tuple[int, int], "Take | None"]):
+    """(type, ring length) -> the function taking runs of such records of one ring (ringbuf.py),
+    made when first seen; None for a type without a compiled layout or a record shorter than its
+    layout, which go one by one through the acceptor."""
+
+    def __init__(self, stream: Stream, source: Source) -> None:
+        super().__init__()
+        self.stream, self.source = stream, source
+
+    def __missing__(self, key: tuple[int, int]) -> Take | None:
+        assert self.source.schema is not None  # _open_all sets it before any buffer is polled
+        layout = self.source.schema.events.get(key[0])
+        size = key[1]
+        take = None
+        if layout is not None and layout.batches is not None and layout.size <= size < _MAX_RECORD:
+            take = self.stream._take(self.source, layout.name, layout.batches, (size + 15) & ~7)
+        self[key] = take
+        return take
+
+
+class _ContainerJson(dict[int, str]):
+    """hdr.cgroup_id -> the record's `container` member as JSON text with its separator ("" when
+    the cgroup is not a container's), as a compiled line puts it (btf_layout.Batches)."""
+
+    def __init__(self, container: Callable[[int], dict[str, str] | None], first: bool) -> None:
+        super().__init__()
+        self.container, self.first = container, first
+
+    def __missing__(self, cgroup_id: int) -> str:
+        if len(self) >= _MAX_CONTAINERS:
+            self.clear()
+        found = self.container(cgroup_id) if cgroup_id else None
+        text = "" if found is None else f'"container": {_encode(found)}, ' if self.first else \
+            f', "container": {_encode(found)}'
+        self[cgroup_id] = text
+        return text
 
 
 @dataclass
@@ -142,12 +186,17 @@ class Stream:
         self._host = host_name()
         self._sources: dict[str, Source] = {}
         self._schemas: dict[str, Schema] = {}
-        self._pending: list[tuple[int, int, Event]] = []  # (ts, arrival, event), sorted when released
-        self._ready: list[Event] = []
-        self._seq = itertools.count()
+        self._pending: list[tuple[int, int, Any]] = []  # (ts, arrival, event or JSON line), sorted when released
+        self._ready: list[Any] = []
+        self._arrival = [0]  # the next record's arrival number
+        self._lines = False  # read as JSON lines (drain_lines)
+        self._seconds = Seconds()
         self._containers: dict[int, dict[str, str] | None] = {}
+        # hdr.cgroup_id -> its container member as JSON text, with the separator before or after it
+        self._container_json = (_ContainerJson(self._container, first=True),
+                                _ContainerJson(self._container, first=False))
         self._buffers: list[tuple[int, Any, Any]] = []  # (handle, consume, free)
-        self._rings: list[tuple[RingReader, Accept]] = []
+        self._rings: list[tuple[RingReader, Accept, _Runs]] = []
         self._taken = 0  # records read from the ring being consumed, this round
         self._backlog = False  # a ring had more than a round's budget
         self._callbacks: list[Any] = []
@@ -241,7 +290,8 @@ class Stream:
             kind = info.type
             if kind == RINGBUF and self.mmap_rings:
                 try:
-                    self._rings.append((RingReader(source.events_fd, info.max_entries), self._acceptor(source)))
+                    self._rings.append((RingReader(source.events_fd, info.max_entries), self._acceptor(source),
+                                        _Runs(self, source)))
                 except OSError as exc:
                     raise LoadError(f"cannot map the ring buffer of {source.program}: {exc.strerror or exc}") from None
                 self._epoll.register(source.events_fd, select.EPOLLIN)  # readable while records wait
@@ -271,7 +321,7 @@ class Stream:
         with interrupts.deferred():
             for handle, _, free in self._buffers:
                 free(handle)
-        for ring, _ in self._rings:
+        for ring, _, _ in self._rings:
             ring.close()
         self._rings = []
         self._buffers = []
@@ -309,7 +359,7 @@ class Stream:
         assert source.schema is not None  # _open_all sets it before any buffer is polled
         schema, clock, program, host = source.schema, self._clock, source.program, self._host
         compiled = {t: (layout.stream, layout.size) for t, layout in schema.events.items() if layout.stream is not None}
-        type_at, pending, seq = _TYPE.unpack_from, self._pending, self._seq
+        type_at, pending, arrival = _TYPE.unpack_from, self._pending, self._arrival
         containers, container_of = self._containers, self._container
 
         def accept(buffer: Any, offset: int, length: int) -> None:
@@ -323,8 +373,46 @@ class Stream:
                 container = containers[cgroup] if cgroup in containers else container_of(cgroup)
                 if container is not None:
                     record["container"] = dict(container)
-            pending.append((ts, next(seq), record))
+            number = arrival[0]
+            arrival[0] = number + 1
+            pending.append((ts, number, record))
         return accept
+
+    def _take(self, source: Source, name: str, batches: Batches, stride: int) -> Take:
+        """The work of a run of `source`'s records of one layout (ringbuf.py): its rows unpacked
+        in one call, then the records (or, for drain_lines, their JSON lines) made in one
+        comprehension each (btf_layout.Batches), as `_acceptor` makes them one by one."""
+        unpack = batches.row_struct(stride).iter_unpack
+        clock, seconds, program, host = self._clock, self._seconds, source.program, self._host
+        pending, arrival = self._pending, self._arrival
+        if self._lines and self.format == "raw" and batches.lines is not None:
+            lines = batches.lines
+            containers = self._container_json[0 if batches.container_first else 1]
+            tail = tuple(_encode(value) for value in (name, program, SCHEMA_VERSION, {"name": host}))
+
+            def take_lines(view: memoryview) -> None:
+                base = arrival[0]
+                out = lines(unpack(view), clock.offset_ns, seconds, base, containers, tail)
+                arrival[0] = base + len(out)
+                pending.extend(out)
+            return take_lines
+        rows_of, cgroup_of = batches.rows, itemgetter(batches.cgroup_index)
+        known, container_of = self._containers, self._container
+
+        def take(view: memoryview) -> None:
+            base = arrival[0]
+            rows = list(unpack(view))
+            out = rows_of(rows, clock.offset_ns, seconds, program, SCHEMA_VERSION, host, base)
+            arrival[0] = base + len(out)
+            found = {cgroup: container for cgroup in set(map(cgroup_of, rows)) if cgroup
+                     and (container := known[cgroup] if cgroup in known else container_of(cgroup)) is not None}
+            if found:
+                for row, item in zip(rows, out):
+                    container = found.get(row[batches.cgroup_index])
+                    if container is not None:
+                        item[2]["container"] = dict(container)
+            pending.extend(out)
+        return take
 
     def _container(self, cgroup_id: int) -> dict[str, str] | None:
         """The container a cgroup id belongs to, as the record's `container`; remembered per id
@@ -353,10 +441,14 @@ class Stream:
             return
         pending.sort()  # (ts, arrival) are unique: events themselves are never compared
         cut = len(pending) if flush else bisect_right(pending, (WallClock.now_ktime_ns() - self.window_ns, math.inf))
-        if self.format == "raw":
+        fmt = self.format
+        if self._lines:  # lines made by a layout's template, records (one by one, or not raw) encoded here
+            self._ready.extend([item[2] if item[2].__class__ is str else _encode(convert(item[2], fmt)) + "\n"
+                                for item in pending[:cut]])
+        elif fmt == "raw":
             self._ready.extend([item[2] for item in pending[:cut]])
         else:
-            self._ready.extend([convert(item[2], self.format) for item in pending[:cut]])
+            self._ready.extend([convert(item[2], fmt) for item in pending[:cut]])
         del pending[:cut]
 
     def __iter__(self) -> Iterator[Event]:
@@ -368,18 +460,40 @@ class Stream:
     def drain(self) -> list[Event]:
         """The events due now, without waiting (for agents with their own loop around poll())."""
         ready, self._ready = self._ready, []
+        if self._lines:  # read as lines so far: parsed back, for a caller that mixes the two
+            return [json.loads(item) if item.__class__ is str else item for item in ready]
         return ready
+
+    def drain_lines(self) -> list[str]:
+        """drain() as JSON lines: each json.dumps(event, sort_keys=True) + "\\n", the same text,
+        but made without the event dicts where a layout's compiled template can (raw format, mmap
+        reader): what `watch` writes, at several times the rate. From the first call on, the
+        stream makes lines, and drain() parses them back."""
+        if not self._lines:
+            self._lines = True
+            for _, _, runs in self._rings:
+                runs.clear()  # their functions made records: made again, making lines
+        ready, self._ready = self._ready, []
+        return [item if item.__class__ is str else _encode(item) + "\n" for item in ready]
 
     def poll(self, timeout_ms: int = _POLL_MS) -> None:
         """Wait up to `timeout_ms` for events, drain every buffer, release what is due."""
-        if self._epoll is not None and (self._buffers or self._rings):
+        reading = self._epoll is not None and bool(self._buffers or self._rings)
+        if self._epoll is not None and reading:
             self._epoll.poll(0 if self._backlog else timeout_ms / 1000)
+        else:
+            select.select([], [], [], timeout_ms / 1000)  # every pinned program is gone: wait for a reload
+        with _no_collection():  # the round, housekeeping and merge: no allocation in between may start one
+            self._round(reading)
+
+    def _round(self, reading: bool) -> None:
+        if reading:
             self._backlog = False
             # Records are taken whole: a signal is held until the round ends (interrupts.py), and
             # inside libbpf's consume it could not act anyway.
-            with interrupts.deferred(), _no_collection():
-                for ring, accept in self._rings:
-                    if ring.consume(accept, _BUDGET)[1]:  # the budget ran out: more is waiting in that ring
+            with interrupts.deferred():
+                for ring, accept, runs in self._rings:
+                    if ring.consume(accept, _BUDGET, runs)[1]:  # the budget ran out: more is waiting in that ring
                         self._backlog = True
                 for handle, consume, _ in self._buffers:
                     self._taken = 0
@@ -388,16 +502,13 @@ class Stream:
                         self._backlog = True
                     elif rc < 0 and rc != -4:  # -EINTR: consume again next round
                         raise LoadError(f"reading events failed: {self._lib.strerror(rc)}")
-        else:
-            select.select([], [], [], timeout_ms / 1000)  # every pinned program is gone: wait for a reload
         now = WallClock.now_ktime_ns()
         if now - self._last_housekeeping >= _HOUSEKEEPING_NS:
             self._last_housekeeping = now
             self._clock.refresh()
             self._check_dropped()
             self._check_reloads()
-        with _no_collection():
-            self._release()
+        self._release()
 
     # ------------------------------------------------------------------------ housekeeping
     def counters(self) -> dict[str, dict[str, dict[str, int]]]:
@@ -455,9 +566,9 @@ class Stream:
     def _drain(self) -> None:
         """Read what the rings held when called, no more: a ring flooded meanwhile cannot hold the
         stream here (signals are deferred around this)."""
-        for ring, accept in self._rings:
+        for ring, accept, runs in self._rings:
             stop = ring.producer_pos
-            while ring.consume(accept, _BUDGET)[1] and ring.consumer_pos < stop:
+            while ring.consume(accept, _BUDGET, runs)[1] and ring.consumer_pos < stop:
                 pass
         for handle, consume, _ in self._buffers:
             self._taken = 0

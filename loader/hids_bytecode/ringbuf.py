@@ -8,7 +8,8 @@ header (u32 length with the BUSY bit 31 while it is being written and the DISCAR
 page offset) and its bytes, padded to 8. Positions only grow; `pos & mask` is the offset.
 
 The reader hands each committed record's offset and length to a function that decodes it in
-place, then publishes the new consumer position (one aligned 8-byte store through a memoryview:
+place, or a whole run of records of one layout to a function that unpacks them in one call
+(struct.iter_unpack), then publishes the new consumer position (one aligned 8-byte store through a memoryview:
 the kernel sees the space free and never a torn value). Loads need acquire ordering (position,
 then length, then data): x86_64's memory model gives that to plain loads, so this reader is used
 there; other architectures keep libbpf's ring_buffer (eventstream.py).
@@ -19,12 +20,13 @@ from __future__ import annotations
 import mmap
 import os
 import platform
+import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .errors import RingCorrupt
 
-__all__ = ["RingReader", "MMAP_SAFE", "BUSY", "DISCARD"]
+__all__ = ["RingReader", "Runs", "Take", "MMAP_SAFE", "BUSY", "DISCARD"]
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
@@ -34,6 +36,9 @@ _HDR = 8
 MMAP_SAFE = platform.machine() in ("x86_64", "AMD64") and sys.maxsize > 2**32
 
 Accept = Callable[[memoryview, int, int], None]  # (data, offset of the record's bytes, length)
+Take = Callable[[memoryview], None]  # records of one length, each with its header and padding
+Runs = Mapping[tuple[int, int], "Take | None"]  # (type, length) -> who takes runs of such records
+_U32 = struct.Struct("=I")
 
 
 class RingReader:
@@ -66,11 +71,15 @@ class RingReader:
         """Bytes committed or being written that the consumer has not passed yet."""
         return self.producer_pos - self.consumer_pos
 
-    def consume(self, accept: Accept, budget: int) -> tuple[int, bool]:
+    def consume(self, accept: Accept, budget: int, runs: Runs | None = None) -> tuple[int, bool]:
         """Hand up to `budget` committed records to `accept`; (records handed, more waiting).
 
-        The consumer position is published after each record, as libbpf does, so the kernel can
-        reuse the space at once; a record still being written (BUSY) ends the round."""
+        With `runs`, consecutive records of the same length and type (hdr.type, the first u32)
+        go to `runs[(type, length)]` in one call when that is not None: it gets the records'
+        bytes, each with its 8-byte header and padding to 8, as one view to read before it
+        returns. The consumer position is published after each record or run, as
+        libbpf publishes it after each record, so the kernel can reuse the space at once; a
+        record still being written (BUSY) ends the round."""
         consumer, header, data, mask = self._consumer, self._header, self._data, self.mask
         pos = consumer[0]
         producer = self._producer[0]
@@ -83,17 +92,44 @@ class RingReader:
             if length & BUSY:
                 return taken, False
             size = length & ~(BUSY | DISCARD)
-            end = pos + ((size + _HDR + 7) & ~7)
+            stride = (size + _HDR + 7) & ~7
+            end = pos + stride
             if end > producer:  # only a kernel bug writes this: never publish a position past the producer
                 raise RingCorrupt(f"ring record of {size} bytes at {pos} ends past the producer ({producer})")
             if not length & DISCARD:
-                accept(data, offset + _HDR, size)
-                taken += 1
+                take = runs[(header[(offset >> 2) + 2], length)] if runs is not None and size >= 4 else None
+                if take is not None:
+                    count = self._run(offset, stride, length, min(budget - taken, (producer - pos) // stride))
+                    take(data[offset:offset + count * stride])
+                    taken += count
+                    end = pos + count * stride
+                else:
+                    accept(data, offset + _HDR, size)
+                    taken += 1
             pos = end
             consumer[0] = pos
             if pos >= producer:
                 producer = self._producer[0]  # more may have been committed meanwhile
         return taken, False
+
+    def _run(self, offset: int, stride: int, length: int, room: int) -> int:
+        """How many of the `room` records from `offset` on, `stride` bytes apart, are committed
+        with this `length` and the first one's type: those are whole and in the ring (room never
+        reaches past the producer), so no header between them needs a look of its own."""
+        if room <= 1:
+            return 1
+        first, step = offset >> 2, stride >> 2
+        lengths = self._header[first:first + room * step:step]
+        types = self._header[first + 2:first + 2 + room * step:step]
+        kind = types[0]
+        if lengths.tobytes() == _U32.pack(length) * room and types.tobytes() == _U32.pack(kind) * room:
+            return room
+        count = 1
+        for other_length, other_kind in zip(lengths.tolist()[1:], types.tolist()[1:]):
+            if other_length != length or other_kind != kind:  # also a BUSY or discarded one: a run ends there
+                break
+            count += 1
+        return count
 
     def close(self) -> None:
         for view in (self._header, self._data, self._producer, self._consumer):
