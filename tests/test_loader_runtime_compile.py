@@ -9,7 +9,6 @@ syscall wrapper of the target kernel substituted: the one stand-in of this test.
 # ruff: noqa: E402
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -42,8 +41,8 @@ def _version_line(clang: Path) -> str:
 def _facts_for(entry: Entry):
     kernel = entry.raw["kernel"]
     version = upstream_version(kernel["release"], f"#1 SMP Debian {kernel['package_version']}")
-    return dataclasses.replace(gather(), release=kernel["release"], version=version,
-                               wrapper=WrapperFact(entry.wrapper, "", "", 0, False))
+    return gather().replace(release=kernel["release"], version=version,
+                            wrapper=WrapperFact(entry.wrapper, "", "", 0, False))
 
 
 def test_runtime_compile_matches_the_pipeline_objects(built_project: Path, tmp_path: Path,

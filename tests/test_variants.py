@@ -87,10 +87,8 @@ def test_build_index_table_and_manifest_name_the_skipped_variants(built_project:
         from hids_bytecode.selection import select
     finally:
         sys.path.remove(str(tmp_path / "site"))
-    import dataclasses
-
     facts = what_if(RELEASES[0], "x86_64")
-    facts = dataclasses.replace(facts, wrapper=WrapperFact(False, "", "test: a host without the wrapper", 0, False))
+    facts = facts.replace(wrapper=WrapperFact(False, "", "test: a host without the wrapper", 0, False))
     try:
         select(load_manifest(data), facts, "hello", read=False)
     except NoMatch as exc:

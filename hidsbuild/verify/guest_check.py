@@ -16,7 +16,6 @@ is one JSON document printed between markers on the serial console, which `vm.py
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import json
 import os
 import subprocess
@@ -52,7 +51,7 @@ FALLBACK_PROGRAM = "process"
 def _variant_facts(facts: Any, wrapper: bool) -> Any:
     """Host facts with the syscall wrapper overridden, so every variant can be selected here."""
     fake = WrapperFact(wrapper, facts.wrapper.prefix, "override by hids verify", 0, False)
-    return dataclasses.replace(facts, wrapper=fake)
+    return facts.replace(wrapper=fake)
 
 
 class Reader:
@@ -314,8 +313,8 @@ def _new_row(entry: Any) -> dict[str, Any]:
 def _check(entry: Any, facts: Any, manifest: Any, hooks: HookFacts) -> dict[str, Any]:
     row = _new_row(entry)
     # CO-RE is what a host without an exact build gets: selected from the CO-RE entries alone.
-    pool = manifest if entry.kind == "exact" else dataclasses.replace(
-        manifest, entries=tuple(e for e in manifest.entries if e.kind == "core"))
+    pool = manifest if entry.kind == "exact" else manifest.replace(
+        entries=tuple(e for e in manifest.entries if e.kind == "core"))
     try:
         choice = select(pool, _variant_facts(facts, entry.wrapper), entry.program, debug=entry.debug,
                         strict=entry.kind == "exact")

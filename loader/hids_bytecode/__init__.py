@@ -8,7 +8,9 @@ their events. Standard library plus the system libbpf.so.1 only.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing costs a cold start
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["__version__", "stream"]
 

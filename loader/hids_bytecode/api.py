@@ -14,50 +14,64 @@ is complete or absent, never half-pinned. The pin layout and the agent contract:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .errors import AlreadyLoaded, InvalidArgument, LoadError
 from .hostinfo import HostFacts, gather
 from .manifest import Manifest, load_manifest
+from .records import Record
 from .selection import Choice, select
-from .trust import TrustPolicy
+from .trust import DEFAULT_POLICY, TrustPolicy
 
 # What loads, attaches and streams (libbpf, ctypes, the pin tree, the compilers) is imported
-# where it is used: `select` starts without it (docs/THREAT_MODEL.md, "Start-up").
+# where it is used: `select` starts without it (docs/THREAT_MODEL.md, "Start-up"); typing too.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, Final
+
     from .attach import ProgramReport
     from .eventstream import Stream
 
-__all__ = ["Options", "LoadResult", "choose", "object_for", "load", "unload", "watch", "stream", "host_facts"]
+__all__ = ["Options", "DEFAULT_OPTIONS", "LoadResult", "choose", "object_for", "load", "unload", "watch", "stream",
+           "host_facts"]
 
 
-@dataclass(frozen=True)
-class Options:
-    debug: bool = False
-    strict: bool = False
-    runtime_compile: bool = False
-    backend: str = "libbpf"  # or "bpftool"
-    verbose: bool = False  # copy libbpf's messages to stderr
-    btf: str | None = None  # kernel BTF file for CO-RE when /sys/kernel/btf/vmlinux is absent
-    trust: TrustPolicy = TrustPolicy()  # whose signature the manifest needs (docs/SIGNING.md)
+class Options(Record):
+    __slots__ = ("debug", "strict", "runtime_compile", "backend", "verbose", "btf", "trust")
+
+    def __init__(self, debug: bool = False, strict: bool = False, runtime_compile: bool = False,
+                 backend: str = "libbpf", verbose: bool = False, btf: str | None = None,
+                 trust: TrustPolicy = DEFAULT_POLICY) -> None:
+        self.debug: Final = debug
+        self.strict: Final = strict
+        self.runtime_compile: Final = runtime_compile
+        self.backend: Final = backend  # or "bpftool"
+        self.verbose: Final = verbose  # copy libbpf's messages to stderr
+        self.btf: Final = btf  # kernel BTF file for CO-RE when /sys/kernel/btf/vmlinux is absent
+        self.trust: Final = trust  # whose signature the manifest needs (docs/SIGNING.md)
 
 
-@dataclass
-class LoadResult:
-    choice: Choice
-    pins: Path
-    reports: list[ProgramReport] = field(default_factory=list)
-    agent_pid: int = 0  # what `config` holds: 0 filters nothing
+class LoadResult(Record):
+    __slots__ = ("choice", "pins", "reports", "agent_pid")
+
+    def __init__(self, choice: Choice, pins: Path, reports: list[ProgramReport] | None = None,
+                 agent_pid: int = 0) -> None:
+        self.choice: Final = choice
+        self.pins: Final = pins
+        self.reports: Final = [] if reports is None else reports
+        self.agent_pid: Final = agent_pid  # what `config` holds: 0 filters nothing
+
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.choice.as_dict(), "pins": str(self.pins), "agent_pid": self.agent_pid,
                 "programs": [r.as_dict() for r in self.reports]}
 
 
-def host_facts(options: Options = Options()) -> HostFacts:
+DEFAULT_OPTIONS = Options()  # read-only: one instance serves every default argument
+
+
+def host_facts(options: Options = DEFAULT_OPTIONS) -> HostFacts:
     """This host's facts; with `options.btf`, that file stands in for /sys/kernel/btf/vmlinux."""
     if options.btf is None:
         return gather()
@@ -66,7 +80,7 @@ def host_facts(options: Options = Options()) -> HostFacts:
     return gather(btf_path=Path(options.btf))
 
 
-def choose(program: str, facts: HostFacts | None = None, options: Options = Options(),
+def choose(program: str, facts: HostFacts | None = None, options: Options = DEFAULT_OPTIONS,
            manifest: Manifest | None = None) -> Choice:
     return select(manifest or load_manifest(trust=options.trust), facts or host_facts(options), program,
                   debug=options.debug, strict=options.strict, runtime_compile=options.runtime_compile)
@@ -94,7 +108,7 @@ def check_agent_pid(pid: int) -> int:
     return pid
 
 
-def load(program: str, options: Options = Options(), facts: HostFacts | None = None,
+def load(program: str, options: Options = DEFAULT_OPTIONS, facts: HostFacts | None = None,
          agent_pid: int | None = None) -> LoadResult:
     """Select, hash-check, load, attach and pin `program`; the pins outlive this process.
 
@@ -157,7 +171,7 @@ def unload(program: str) -> list[Path]:
         return tree.unload(program)
 
 
-def watch(program: str, options: Options = Options(), facts: HostFacts | None = None) -> Iterator[dict[str, Any]]:
+def watch(program: str, options: Options = DEFAULT_OPTIONS, facts: HostFacts | None = None) -> Iterator[dict[str, Any]]:
     """Decoded events of `program`: from its pins when loaded, else from a load held by this iterator.
 
     This process becomes the ring's one consumer (Busy names the pid of another) and its tgid is
@@ -168,7 +182,7 @@ def watch(program: str, options: Options = Options(), facts: HostFacts | None = 
         yield from events
 
 
-def stream(programs: list[str] | None = None, format: str = "raw", options: Options = Options(),
+def stream(programs: list[str] | None = None, format: str = "raw", options: Options = DEFAULT_OPTIONS,
            facts: HostFacts | None = None, window_ms: int = 50, lost_records: bool = True,
            reader: str = "auto") -> Stream:
     """Events of several programs (default: every program of the manifest) from this process, as

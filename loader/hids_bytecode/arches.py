@@ -7,26 +7,35 @@ compiler target, kernel header directory, VM and cross tools.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["Arch", "ARCHES"]
 
 
-@dataclass(frozen=True)
-class Arch:
-    uname: str  # `uname -m`, the manifest's and the wheel tag's name
-    debian: str  # dpkg architecture (package names, Packages indexes, flavours)
-    clang_target: str  # target triple for a kernel-headers compile of this arch
-    target_arch: str  # libbpf's bpf_tracing.h macro suffix: -D__TARGET_ARCH_<target_arch>
-    src_arch: str  # the kernel source tree's arch/<src_arch>/ directory
-    syscall_prefix: str  # the syscall wrapper symbols' prefix: <prefix>openat
-    wrapper_since: tuple[int, int]  # first kernel (major, minor) entering syscalls through the wrappers
-    qemu: str  # system emulator binary
-    qemu_machine: str  # its -M machine
-    qemu_cpu: str  # its -cpu model (TCG)
-    console: str  # the serial console device the guest kernel writes to
-    console_config: str  # the built-in (=y) kernel option that console needs from the first line
-    cross_triplet: str  # GNU triplet: multiarch library dir, cross toolchain prefix
+class Arch(Record):
+    __slots__ = ("uname", "debian", "clang_target", "target_arch", "src_arch", "syscall_prefix", "wrapper_since",
+                 "qemu", "qemu_machine", "qemu_cpu", "console", "console_config", "cross_triplet")
+
+    def __init__(self, uname: str, debian: str, clang_target: str, target_arch: str, src_arch: str,
+                 syscall_prefix: str, wrapper_since: tuple[int, int], qemu: str, qemu_machine: str, qemu_cpu: str,
+                 console: str, console_config: str, cross_triplet: str) -> None:
+        self.uname: Final = uname  # `uname -m`, the manifest's and the wheel tag's name
+        self.debian: Final = debian  # dpkg architecture (package names, Packages indexes, flavours)
+        self.clang_target: Final = clang_target  # target triple for a kernel-headers compile of this arch
+        self.target_arch: Final = target_arch  # libbpf's bpf_tracing.h macro suffix: -D__TARGET_ARCH_<target_arch>
+        self.src_arch: Final = src_arch  # the kernel source tree's arch/<src_arch>/ directory
+        self.syscall_prefix: Final = syscall_prefix  # the syscall wrapper symbols' prefix: <prefix>openat
+        self.wrapper_since: Final = wrapper_since  # first kernel (major, minor) entering syscalls through the wrappers
+        self.qemu: Final = qemu  # system emulator binary
+        self.qemu_machine: Final = qemu_machine  # its -M machine
+        self.qemu_cpu: Final = qemu_cpu  # its -cpu model (TCG)
+        self.console: Final = console  # the serial console device the guest kernel writes to
+        self.console_config: Final = console_config  # the built-in (=y) option that console needs from the first line
+        self.cross_triplet: Final = cross_triplet  # GNU triplet: multiarch library dir, cross toolchain prefix
 
 
 ARCHES: dict[str, Arch] = {a.uname: a for a in (

@@ -6,12 +6,11 @@ Expected failures print one line, `hids-bytecode: <reason>`, and exit with the e
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 from . import api
 from .errors import EXIT_CODES, HidsError, IntegrityError, InvalidArgument, NotPermitted
@@ -20,6 +19,11 @@ from .integrity import audit_objects, provenance_problems
 from .manifest import DATA_ENV, Manifest, load_manifest, read_provenance
 from .selection import RUNTIME_ENV, Step, explain_lines
 from .trust import DEFAULT_KEYS_DIR, TrustPolicy
+
+TYPE_CHECKING = False  # typing costs a cold start
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -45,6 +49,7 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `only`, just that command's parser (argv names it: a cold start
     builds only what it parses)."""
+    import argparse  # not for a plain `select` (_quick_select)
     parser = argparse.ArgumentParser(prog="hids-bytecode", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="store_true", help="print the manifest's version and source hash")
     parser.add_argument("--trusted-keys", metavar="DIR", type=_abs_path,
@@ -151,40 +156,42 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _abs_path(text: str) -> Path:
+    import argparse
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path")
     return Path(text)
 
 
-def _trust(args: argparse.Namespace) -> TrustPolicy:
+def _trust(args: SimpleNamespace) -> TrustPolicy:
     return TrustPolicy(args.trusted_keys or DEFAULT_KEYS_DIR, args.require_signature, args.trusted_keys is not None)
 
 
-def _manifest(args: argparse.Namespace) -> Manifest:
+def _manifest(args: SimpleNamespace) -> Manifest:
     return load_manifest(trust=_trust(args))
 
 
 def _pid(text: str) -> int:
+    import argparse
     try:
         return api.check_agent_pid(int(text))
     except (ValueError, HidsError) as exc:
         raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, HidsError) else f"not a pid: {text!r}") from None
 
 
-def _print(args: argparse.Namespace, doc: Any, text: str) -> None:
+def _print(args: SimpleNamespace, doc: Any, text: str) -> None:
     print(json.dumps(doc, sort_keys=True) if args.json else text)
 
 
-def _options(args: argparse.Namespace, **extra: Any) -> api.Options:
+def _options(args: SimpleNamespace, **extra: Any) -> api.Options:
     return api.Options(debug=args.debug, strict=args.strict, runtime_compile=args.runtime_compile,
                        verbose=args.verbose, trust=_trust(args), btf=args.btf, **extra)
 
 
-def _programs(args: argparse.Namespace) -> list[str]:
+def _programs(args: SimpleNamespace) -> list[str]:
     return args.programs or _manifest(args).programs
 
 
-def _cmd_select(args: argparse.Namespace) -> int:
+def _cmd_select(args: SimpleNamespace) -> int:
     if (args.arch or args.version_signature) and not args.kernel:
         raise InvalidArgument("--arch and --version-signature describe a --kernel what-if host")
     if args.kernel:
@@ -225,7 +232,7 @@ def _print_steps(steps: tuple[Step, ...], detail: bool) -> None:
         print(f"    {line}")
 
 
-def _cmd_load(args: argparse.Namespace) -> int:
+def _cmd_load(args: SimpleNamespace) -> int:
     from . import interrupts
     with interrupts.as_errors():
         facts = api.host_facts(_options(args))
@@ -240,7 +247,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_unload(args: argparse.Namespace) -> int:
+def _cmd_unload(args: SimpleNamespace) -> int:
     from . import interrupts
     with interrupts.as_errors():
         removed = {p: [str(x) for x in api.unload(p)] for p in _programs(args)}
@@ -248,7 +255,7 @@ def _cmd_unload(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_watch(args: argparse.Namespace) -> int:
+def _cmd_watch(args: SimpleNamespace) -> int:
     from . import interrupts
     seen = 0
     encode = json.JSONEncoder(sort_keys=True).encode  # json.dumps with options builds an encoder per call
@@ -266,7 +273,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_stats(args: argparse.Namespace) -> int:
+def _cmd_stats(args: SimpleNamespace) -> int:
     from .stats import collect, prometheus
     options = api.Options(trust=_trust(args))
     counts = collect(_programs(args), options, api.host_facts(options))
@@ -280,7 +287,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
+def _cmd_list(args: SimpleNamespace) -> int:
     manifest = _manifest(args)
     rows = [{"unit": e.unit, "kind": e.kind, "arch": e.arch, "release": e.release, "sha256": e.sha256,
              "variant": e.raw["variant"]} for e in manifest.entries]
@@ -289,7 +296,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_audit(args: argparse.Namespace) -> int:
+def _cmd_audit(args: SimpleNamespace) -> int:
     manifest = _manifest(args)
     results = audit_objects(manifest)
     bad = [r for r in results if not r.ok]
@@ -307,7 +314,7 @@ def _verdict(manifest: Manifest) -> dict[str, object] | None:
     return manifest.verdict.as_dict() if manifest.verdict else None
 
 
-def _cmd_provenance(args: argparse.Namespace) -> int:
+def _cmd_provenance(args: SimpleNamespace) -> int:
     manifest = _manifest(args)
     doc = read_provenance(manifest)
     if args.json:
@@ -343,15 +350,52 @@ def _command_in(argv: list[str]) -> str | None:
     return None
 
 
+# What a plain `select` may hold to be parsed without argparse: importing it, gettext's locale
+# lookups and the help formatter's terminal probes were a fifth of a cold `select --json` (issue 16).
+# Any other argv (a value option, -h, an abbreviation, a typo, programs in two runs) goes to
+# argparse; tests/test_loader_start_fast.py checks that both give the same namespace.
+_QUICK_FLAGS = {"--json": "json", "--explain": "explain", "-v": "detail", "--detail": "detail", "--debug": "debug",
+                "--strict": "strict", "--runtime-compile": "runtime_compile", "--verbose": "verbose"}
+_QUICK_DEFAULTS: dict[str, object] = {
+    "version": False, "trusted_keys": None, "require_signature": False, "command": "select", "programs": [],
+    "kernel": None, "arch": None, "version_signature": None, "btf": None, **dict.fromkeys(_QUICK_FLAGS.values(), False)}
+
+
+def _quick_select(argv: list[str]) -> SimpleNamespace | None:
+    """argv's namespace when it is `select`, then flags of _QUICK_FLAGS and at most one run of
+    program names; None otherwise."""
+    if not argv or argv[0] != "select":
+        return None
+    values = dict(_QUICK_DEFAULTS)
+    programs: list[str] = []
+    after = False  # a flag follows program names: a further name would start a second run
+    for word in argv[1:]:
+        if word.startswith("-"):
+            if word not in _QUICK_FLAGS:
+                return None
+            values[_QUICK_FLAGS[word]] = True
+            after = bool(programs)
+        elif after:
+            return None  # argparse takes one run of a nargs="*" positional and refuses the rest
+        else:
+            programs.append(word)
+    values["programs"] = programs
+    return SimpleNamespace(**values)
+
+
+def _parse(argv: list[str]) -> SimpleNamespace:
+    return build_parser(_command_in(argv)).parse_args(argv, namespace=SimpleNamespace())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(_command_in(sys.argv[1:] if argv is None else argv))
+    words = sys.argv[1:] if argv is None else argv
     try:
-        args = parser.parse_args(argv)
+        args = _quick_select(words) or _parse(words)
         if args.version:
             manifest = _manifest(args)
             print(f"hids-bytecode {manifest.version} (source {manifest.source_hash})")
         elif not args.command:
-            parser.print_help()
+            build_parser().print_help()
             return 2
         code = 0 if args.version else _COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that went away shows up here, in the branch below, not at exit

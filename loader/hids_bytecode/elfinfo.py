@@ -5,7 +5,12 @@ loader can check an object against its entry before libbpf ever sees it."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from .records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["ElfError", "Inventory", "inventory", "EM_BPF"]
 
@@ -20,10 +25,12 @@ class ElfError(ValueError):
     """The bytes are not a 64-bit relocatable BPF ELF object; `str()` says why."""
 
 
-@dataclass(frozen=True)
-class Inventory:
-    programs: frozenset[tuple[str, str]]  # (function name, section)
-    maps: frozenset[str]
+class Inventory(Record):  # a Record, not a dataclass: integrity checks every selected object (records.py)
+    __slots__ = ("programs", "maps")
+
+    def __init__(self, programs: frozenset[tuple[str, str]], maps: frozenset[str]) -> None:
+        self.programs: Final = programs  # (function name, section)
+        self.maps: Final = maps
 
 
 def _unpack(fmt: str, data: bytes, offset: int) -> tuple[int, ...]:  # every format here is integers

@@ -6,12 +6,11 @@ for these. Codes are stable so agents and scripts can branch on them.
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing costs a cold start
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
-if TYPE_CHECKING:  # selection imports this module
-    from .selection import Step
+    from .selection import Step  # selection imports this module
 
 __all__ = [
     "HidsError", "ManifestError", "UnknownArch", "UnknownRelease", "KallsymsUnavailable",
@@ -135,6 +134,7 @@ class Interrupted(HidsError):
     exit_code = 130
 
     def __init__(self, signum: int) -> None:
+        import signal  # its enums cost every start; only an interrupt needs a signal's name
         super().__init__(f"interrupted by {signal.Signals(signum).name}; nothing half-done was left")
         self.exit_code = 128 + signum
 

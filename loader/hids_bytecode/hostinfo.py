@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .arches import ARCHES
 from .errors import HostFactError, UnknownArch
 from .kallsyms import KALLSYMS, WrapperFact, addresses_hidden, detect_syscall_wrapper
 from .kversion import KernelVersion, upstream_version
+from .records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["Fact", "HostFacts", "gather", "what_if", "SUPPORTED_ARCHES", "BTF_PATH"]
 
@@ -20,24 +24,30 @@ _BTF_SINCE = (5, 2)  # /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)
 _OS_RELEASE = (Path("/etc/os-release"), Path("/usr/lib/os-release"))
 
 
-@dataclass(frozen=True)
-class Fact:
-    name: str
-    value: object
-    source: str
+class Fact(Record):
+    __slots__ = ("name", "value", "source")
+
+    def __init__(self, name: str, value: object, source: str) -> None:
+        self.name: Final = name
+        self.value: Final = value
+        self.source: Final = source
 
 
-@dataclass(frozen=True)
-class HostFacts:
-    arch: str
-    release: str
-    uname_version: str
-    version: KernelVersion
-    wrapper: WrapperFact
-    btf: bool
-    distro: str
-    distro_version: str
-    facts: tuple[Fact, ...] = field(default=(), compare=False)
+class HostFacts(Record):
+    __slots__ = ("arch", "release", "uname_version", "version", "wrapper", "btf", "distro", "distro_version", "facts")
+    _uncompared = ("facts",)  # where a fact came from (the cache or a scan) does not make another host
+
+    def __init__(self, arch: str, release: str, uname_version: str, version: KernelVersion, wrapper: WrapperFact,
+                 btf: bool, distro: str, distro_version: str, facts: tuple[Fact, ...] = ()) -> None:
+        self.arch: Final = arch
+        self.release: Final = release
+        self.uname_version: Final = uname_version
+        self.version: Final = version
+        self.wrapper: Final = wrapper
+        self.btf: Final = btf
+        self.distro: Final = distro
+        self.distro_version: Final = distro_version
+        self.facts: Final = facts
 
     def as_dict(self) -> dict[str, dict[str, object]]:
         return {f.name: {"value": f.value, "source": f.source} for f in self.facts}
@@ -85,7 +95,7 @@ def _wrapper(kallsyms: Path, cached: bool) -> tuple[WrapperFact, str]:
     found = hostcache.lookup(kallsyms)
     if found.fact is not None:
         hidden = addresses_hidden(kallsyms)  # a sysctl: read now, never cached
-        return replace(found.fact, addresses_hidden=hidden), f"; cached for this boot in {found.where / FACTS_NAME}"
+        return found.fact.replace(addresses_hidden=hidden), f"; cached for this boot in {found.where / FACTS_NAME}"
     fact = detect_syscall_wrapper(kallsyms)
     return fact, f"; scanned ({found.reason}), cache {hostcache.store(kallsyms, fact)}"
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import safefs
 from .elfinfo import ElfError, inventory
 from .errors import HidsError, IntegrityError
 from .manifest import Entry, Manifest, read_provenance
+from .records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["provenance_problems", "read_verified", "read_object", "read_source", "source_problem", "check_inventory",
            "AuditResult", "audit_objects"]
@@ -101,11 +105,13 @@ def source_problem(entry: Entry) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class AuditResult:
-    entry: Entry
-    ok: bool
-    reason: str
+class AuditResult(Record):
+    __slots__ = ("entry", "ok", "reason")
+
+    def __init__(self, entry: Entry, ok: bool, reason: str) -> None:
+        self.entry: Final = entry
+        self.ok: Final = ok
+        self.reason: Final = reason
 
 
 def audit_objects(manifest: Manifest) -> list[AuditResult]:

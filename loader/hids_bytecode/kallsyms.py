@@ -9,10 +9,14 @@ names still tell.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KallsymsUnavailable, KallsymsUndecided
+from .records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["WrapperFact", "detect_syscall_wrapper", "addresses_hidden", "KALLSYMS"]
 
@@ -22,13 +26,15 @@ _WRAPPED = re.compile(rf"^(__(?:x64|ia32|arm64|riscv|s390x|powerpc|arm)_sys_){_S
 _PLAIN = re.compile(rf"^(sys_|SyS_){_SYSCALLS}$")
 
 
-@dataclass(frozen=True)
-class WrapperFact:
-    wrapper: bool
-    prefix: str  # "__x64_sys_", "sys_", ...
-    symbol: str  # the decisive symbol
-    line: int  # its line number, so --explain shows how far the scan went
-    addresses_hidden: bool
+class WrapperFact(Record):
+    __slots__ = ("wrapper", "prefix", "symbol", "line", "addresses_hidden")
+
+    def __init__(self, wrapper: bool, prefix: str, symbol: str, line: int, addresses_hidden: bool) -> None:
+        self.wrapper: Final = wrapper
+        self.prefix: Final = prefix  # "__x64_sys_", "sys_", ...
+        self.symbol: Final = symbol  # the decisive symbol
+        self.line: Final = line  # its line number, so --explain shows how far the scan went
+        self.addresses_hidden: Final = addresses_hidden
 
 
 def detect_syscall_wrapper(path: Path = KALLSYMS) -> WrapperFact:

@@ -10,9 +10,13 @@ start of the release itself (`3.10.0-1160.el7.x86_64`, `5.10.205-195.807.amzn2.x
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .errors import UnknownRelease
+from .records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["KernelVersion", "upstream_version", "parse_release"]
 
@@ -21,12 +25,14 @@ _DEBIAN_V = re.compile(r"\bDebian (\d+)\.(\d+)(?:\.(\d+))?[-~+]")
 _UBUNTU_SIG = re.compile(r"^Ubuntu\S* \S+ (\d+)\.(\d+)(?:\.(\d+))?\s*$")
 
 
-@dataclass(frozen=True)
-class KernelVersion:
-    major: int
-    minor: int
-    patch: int
-    source: str  # where the version was read, for --explain
+class KernelVersion(Record):
+    __slots__ = ("major", "minor", "patch", "source")
+
+    def __init__(self, major: int, minor: int, patch: int, source: str) -> None:
+        self.major: Final = major
+        self.minor: Final = minor
+        self.patch: Final = patch
+        self.source: Final = source  # where the version was read, for --explain
 
     @property
     def tuple(self) -> tuple[int, int, int]:

@@ -8,18 +8,21 @@ very bytes that are then parsed, before any object is read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
 
 from .errors import IntegrityError, ManifestError
-from .recipe import RecipeError, Step, parse_recipe
+from .records import Record
 from .safefs import Unsafe, open_beneath, read_fd, relative_path_problem
 from .signature import SIGNATURE_NAME, Verdict, check_signature
-from .trust import TrustPolicy
+from .trust import DEFAULT_POLICY, TrustPolicy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    from .recipe import Step
 
 __all__ = ["Entry", "Manifest", "data_dir", "load_manifest", "read_provenance", "DATA_ENV"]
 
@@ -27,32 +30,39 @@ DATA_ENV = "HIDS_BYTECODE_DATA"
 _ENTRY_KEYS = ("unit", "program", "kind", "kernel", "variant", "object", "sha256", "programs", "maps")
 
 
-@dataclass(frozen=True)
-class Entry:
-    # Parsed JSON: load_manifest checks which keys are present, not their values' types, hence the
-    # casts below (they only tell mypy; a value of another type passes through as it always did).
-    raw: dict[str, Any]
-    data: Path
+class Entry(Record):
+    # Parsed JSON: load_manifest checks which keys are present, not their values' types; the typed
+    # locals below only tell mypy (a value of another type passes through as it always did).
+    __slots__ = ("raw", "data")
+
+    def __init__(self, raw: dict[str, Any], data: Path) -> None:
+        self.raw: Final = raw
+        self.data: Final = data
 
     @property
     def unit(self) -> str:
-        return cast(str, self.raw["unit"])
+        unit: str = self.raw["unit"]
+        return unit
 
     @property
     def program(self) -> str:
-        return cast(str, self.raw["program"])
+        program: str = self.raw["program"]
+        return program
 
     @property
     def kind(self) -> str:
-        return cast(str, self.raw["kind"])
+        kind: str = self.raw["kind"]
+        return kind
 
     @property
     def arch(self) -> str:
-        return cast(str, self.raw["kernel"]["arch"])
+        arch: str = self.raw["kernel"]["arch"]
+        return arch
 
     @property
     def release(self) -> str | None:
-        return cast("str | None", self.raw["kernel"].get("release"))
+        release: str | None = self.raw["kernel"].get("release")
+        return release
 
     @property
     def wrapper(self) -> bool:
@@ -64,11 +74,13 @@ class Entry:
 
     @property
     def sha256(self) -> str:
-        return cast(str, self.raw["sha256"])
+        sha256: str = self.raw["sha256"]
+        return sha256
 
     @property
     def object_path(self) -> Path:
-        return self.data / cast(str, self.raw["object"])
+        rel: str = self.raw["object"]
+        return self.data / rel
 
     @property
     def source_path(self) -> Path | None:
@@ -81,21 +93,26 @@ class Entry:
         raw = self.raw.get("recipe")
         if raw is None:
             return None
+        from .recipe import RecipeError, parse_recipe  # only a runtime compile reads a recipe
         try:
             return parse_recipe(raw)
         except RecipeError as exc:
             raise ManifestError(f"{self.unit}: malformed compile recipe: {exc}") from None
 
 
-@dataclass(frozen=True)
-class Manifest:
-    path: Path
-    version: str
-    source_hash: str
-    entries: tuple[Entry, ...]
-    verdict: Verdict | None = None  # the signature check it passed
-    provenance: dict[str, Any] | None = None  # {"path", "sha256"} of the provenance statement
-    skipped: tuple[dict[str, Any], ...] = ()  # {"unit", "reason"}: variants not built, as unable to run there
+class Manifest(Record):
+    __slots__ = ("path", "version", "source_hash", "entries", "verdict", "provenance", "skipped")
+
+    def __init__(self, path: Path, version: str, source_hash: str, entries: tuple[Entry, ...],
+                 verdict: Verdict | None = None, provenance: dict[str, Any] | None = None,
+                 skipped: tuple[dict[str, Any], ...] = ()) -> None:
+        self.path: Final = path
+        self.version: Final = version
+        self.source_hash: Final = source_hash
+        self.entries: Final = entries
+        self.verdict: Final = verdict  # the signature check it passed
+        self.provenance: Final = provenance  # {"path", "sha256"} of the provenance statement
+        self.skipped: Final = skipped  # {"unit", "reason"}: variants not built, as unable to run there
 
     @property
     def programs(self) -> list[str]:
@@ -156,7 +173,7 @@ def load_manifest(data: Path | None = None, trust: TrustPolicy | None = None) ->
     raw = _read(root, "manifest.json")
     if raw is None:
         raise ManifestError(f"no manifest at {path} (set {DATA_ENV} or reinstall hids-bytecode)")
-    verdict = check_signature(raw, _read(root, SIGNATURE_NAME), trust or TrustPolicy(), str(path))
+    verdict = check_signature(raw, _read(root, SIGNATURE_NAME), trust or DEFAULT_POLICY, str(path))
     try:
         doc = json.loads(raw.decode())
     except UnicodeDecodeError as exc:
@@ -198,11 +215,13 @@ def read_provenance(manifest: Manifest) -> dict[str, Any]:
     data = _read(root, ref["path"])
     if data is None:
         raise IntegrityError(f"{root / ref['path']}: missing (the manifest names it)")
+    import hashlib
     actual = hashlib.sha256(data).hexdigest()
     if actual != ref["sha256"]:
         raise IntegrityError(f"{root / ref['path']}: sha256 {actual[:16]}... is not the manifest's "
                              f"{ref['sha256'][:16]}...")
     try:
-        return cast("dict[str, Any]", json.loads(data.decode()))  # parsed JSON, as written by the build
+        doc: dict[str, Any] = json.loads(data.decode())  # parsed JSON, as written by the build
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{root / ref['path']}: not JSON ({exc})") from None
+    return doc

@@ -9,40 +9,47 @@ returned: a tampered package is refused outright, never passed over for the next
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .errors import BtfUnavailable, NoMatch
 from .hostinfo import HostFacts
 from .integrity import read_object
 from .manifest import Entry, Manifest
+from .records import Record
 
-if TYPE_CHECKING:  # runtime_compile.py is imported only when the runtime stage is reached
-    from .runtime_compile import RuntimePlan
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+    from .runtime_compile import RuntimePlan  # imported only when the runtime stage is reached
 
 __all__ = ["Step", "Choice", "select", "runtime_compile_enabled", "explain_lines", "RUNTIME_ENV"]
 
 RUNTIME_ENV = "HIDS_RUNTIME_COMPILE"
 
 
-@dataclass(frozen=True)
-class Step:
-    stage: str  # "exact" | "core" | "runtime"
-    candidate: str  # unit id, or a description for the runtime stage
-    taken: bool
-    reason: str
+class Step(Record):
+    __slots__ = ("stage", "candidate", "taken", "reason")
+
+    def __init__(self, stage: str, candidate: str, taken: bool, reason: str) -> None:
+        self.stage: Final = stage  # "exact" | "core" | "runtime"
+        self.candidate: Final = candidate  # unit id, or a description for the runtime stage
+        self.taken: Final = taken
+        self.reason: Final = reason
 
     def as_dict(self) -> dict[str, object]:
         return {"stage": self.stage, "candidate": self.candidate, "taken": self.taken, "reason": self.reason}
 
 
-@dataclass(frozen=True)
-class Choice:
-    program: str
-    stage: str
-    entry: Entry  # the chosen entry; for "runtime", the entry whose source and flags are compiled
-    steps: tuple[Step, ...] = field(default=())
-    runtime: RuntimePlan | None = None
+class Choice(Record):
+    __slots__ = ("program", "stage", "entry", "steps", "runtime")
+
+    def __init__(self, program: str, stage: str, entry: Entry, steps: tuple[Step, ...] = (),
+                 runtime: RuntimePlan | None = None) -> None:
+        self.program: Final = program
+        self.stage: Final = stage
+        self.entry: Final = entry  # the chosen entry; for "runtime", the entry whose source and flags are compiled
+        self.steps: Final = steps
+        self.runtime: Final = runtime
 
     def as_dict(self) -> dict[str, object]:
         return {"program": self.program, "stage": self.stage, "unit": self.entry.unit,

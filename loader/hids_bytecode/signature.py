@@ -8,22 +8,27 @@ every object, source and the provenance by sha256, so this one check covers them
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .errors import SignatureError
+from .records import Record
 from .trust import TrustedKey, TrustPolicy, trusted_keys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["SIGNATURE_NAME", "Verdict", "check_signature"]
 
 SIGNATURE_NAME = "manifest.json.sig"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    signer: TrustedKey | None  # None: used unverified (no key trusted)
-    signed: bool  # a signature file was present
-    keys_dir: str
-    trusted: int  # how many keys the store holds
+class Verdict(Record):
+    __slots__ = ("signer", "signed", "keys_dir", "trusted")
+
+    def __init__(self, signer: TrustedKey | None, signed: bool, keys_dir: str, trusted: int) -> None:
+        self.signer: Final = signer  # None: used unverified (no key trusted)
+        self.signed: Final = signed  # a signature file was present
+        self.keys_dir: Final = keys_dir
+        self.trusted: Final = trusted  # how many keys the store holds
 
     def describe(self) -> str:
         if self.signer is not None:

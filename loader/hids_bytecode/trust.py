@@ -11,17 +11,18 @@ trusted must not silently turn enforcement off or on. Several keys may be truste
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TrustStoreError
+from .records import Record
 from .safefs import Unsafe, open_private_dir, open_private_file, read_fd
 
-__all__ = ["DEFAULT_KEYS_DIR", "TrustPolicy", "TrustedKey", "trusted_keys", "raw_public_key"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+__all__ = ["DEFAULT_KEYS_DIR", "DEFAULT_POLICY", "TrustPolicy", "TrustedKey", "trusted_keys", "raw_public_key"]
 
 DEFAULT_KEYS_DIR = Path("/etc/hids-bytecode/keys")
 # DER of SubjectPublicKeyInfo { AlgorithmIdentifier { id-Ed25519 (1.3.101.112) }, BIT STRING (32 bytes) }:
@@ -30,29 +31,40 @@ _SPKI_ED25519 = bytes.fromhex("302a300506032b6570032100")
 _MAX_KEY_FILE = 4096
 
 
-@dataclass(frozen=True)
-class TrustPolicy:
+class TrustPolicy(Record):
     """Where the keys are and whether having none is fatal. `explicit`: the directory was named by
     the caller, so its absence is an error; the default directory may simply not exist."""
 
-    keys_dir: Path = DEFAULT_KEYS_DIR
-    require_signature: bool = False
-    explicit: bool = False
+    __slots__ = ("keys_dir", "require_signature", "explicit")
+
+    def __init__(self, keys_dir: Path = DEFAULT_KEYS_DIR, require_signature: bool = False,
+                 explicit: bool = False) -> None:
+        self.keys_dir: Final = keys_dir
+        self.require_signature: Final = require_signature
+        self.explicit: Final = explicit
 
 
-@dataclass(frozen=True)
-class TrustedKey:
-    name: str  # the file name in the keys directory
-    raw: bytes  # the 32-byte Ed25519 public key
+DEFAULT_POLICY = TrustPolicy()  # read-only: one instance serves every default argument
+
+
+class TrustedKey(Record):
+    __slots__ = ("name", "raw")
+
+    def __init__(self, name: str, raw: bytes) -> None:
+        self.name: Final = name  # the file name in the keys directory
+        self.raw: Final = raw  # the 32-byte Ed25519 public key
 
     @property
     def fingerprint(self) -> str:
         """sha256 of the raw public key, as `invoke keys.generate` prints it."""
+        import hashlib
         return hashlib.sha256(self.raw).hexdigest()
 
 
 def raw_public_key(pem: bytes, shown: str) -> bytes:
     """The 32 raw bytes of an Ed25519 SPKI PEM public key; TrustStoreError otherwise."""
+    import base64  # only with a key to read: most starts have none
+    import binascii
     lines = pem.decode("ascii", "replace").strip().splitlines()
     if len(lines) < 3 or lines[0] != "-----BEGIN PUBLIC KEY-----" or lines[-1] != "-----END PUBLIC KEY-----":
         raise TrustStoreError(f"{shown}: not a PEM public key (-----BEGIN PUBLIC KEY-----)")
