@@ -214,8 +214,19 @@ def test_a_run_stops_before_a_busy_or_discarded_record_and_at_the_budget(ring: F
     assert runs.calls[-1] == [records[7]] and ring.consumer() == ring.producer
 
 
+def test_a_run_spans_at_most_an_eighth_of_the_ring(ring: FakeRing) -> None:
+    """Its space goes back to the kernel only after it is decoded: a steady producer must find room."""
+    records = [_typed(1, n) for n in range(50)]  # 32-byte strides; an eighth of 4096 bytes holds 16
+    for record in records:
+        ring.put(record)
+    runs = Runs()
+    assert runs.consume(ring) == (50, False)
+    assert [len(run) for run in runs.calls] == [16, 16, 16, 2]
+    assert sum(runs.calls, []) == records
+
+
 def test_a_run_that_wraps_is_one_contiguous_view(ring: FakeRing) -> None:
-    ring.put(b"a" * (ring.size - 8 - 3 * 24))  # three 24-byte strides before the end
+    ring.put(b"a" * (ring.size - 8 - 3 * 24))  # 72 bytes left: two 32-byte strides, the third straddles the end
     assert _take(ring)[0] == [b"a" * (ring.size - 8 - 3 * 24)]
     records = [_typed(1, n) for n in range(6)]
     for record in records:

@@ -48,6 +48,9 @@ class RingReader:
         page = os.sysconf("SC_PAGE_SIZE")
         self.size = max_entries
         self.mask = max_entries - 1
+        # A run's space goes back to the kernel only once it is decoded: an eighth of the ring at
+        # most, so a producer at a steady rate never finds the ring held by one long run.
+        self._run_bytes = max_entries // 8
         self._consumer_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         try:
             self._data_map = mmap.mmap(fd, page + 2 * max_entries, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
@@ -77,7 +80,7 @@ class RingReader:
         With `runs`, consecutive records of the same length and type (hdr.type, the first u32)
         go to `runs[(type, length)]` in one call when that is not None: it gets the records'
         bytes, each with its 8-byte header and padding to 8, as one view to read before it
-        returns. The consumer position is published after each record or run, as
+        returns; a run spans at most an eighth of the ring. The consumer position is published after each record or run, as
         libbpf publishes it after each record, so the kernel can reuse the space at once; a
         record still being written (BUSY) ends the round."""
         consumer, header, data, mask = self._consumer, self._header, self._data, self.mask
@@ -99,7 +102,8 @@ class RingReader:
             if not length & DISCARD:
                 take = runs[(header[(offset >> 2) + 2], length)] if runs is not None and size >= 4 else None
                 if take is not None:
-                    count = self._run(offset, stride, length, min(budget - taken, (producer - pos) // stride))
+                    room = min(budget - taken, (producer - pos) // stride, self._run_bytes // stride)
+                    count = self._run(offset, stride, length, room)
                     take(data[offset:offset + count * stride])
                     taken += count
                     end = pos + count * stride
