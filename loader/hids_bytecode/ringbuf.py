@@ -80,9 +80,9 @@ class RingReader:
         With `runs`, consecutive records of the same length and type (hdr.type, the first u32)
         go to `runs[(type, length)]` in one call when that is not None: it gets the records'
         bytes, each with its 8-byte header and padding to 8, as one view to read before it
-        returns; a run spans at most an eighth of the ring. The consumer position is published after each record or run, as
-        libbpf publishes it after each record, so the kernel can reuse the space at once; a
-        record still being written (BUSY) ends the round."""
+        returns; a run spans at most an eighth of the ring. The consumer position is published
+        after each record or run, as libbpf publishes it after each record, so the kernel can
+        reuse the space at once; a record still being written (BUSY) ends the round."""
         consumer, header, data, mask = self._consumer, self._header, self._data, self.mask
         pos = consumer[0]
         producer = self._producer[0]
