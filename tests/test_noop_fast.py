@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -86,6 +87,21 @@ def test_a_hit_that_records_another_toolchain_is_refused(tmp_path: Path, obj: by
     _put(tmp_path, obj, "new-toolchain")
     hit = ObjectCache(tmp_path, "new-toolchain").get(KEY)
     assert hit is not None and hit.data == obj
+
+
+def test_units_sharing_an_object_are_each_checked_against_their_own_record(tmp_path: Path, obj: bytes) -> None:
+    # The ELF reader's answer is kept per sha256 for the run; each entry's bytes are still hashed
+    # and its own recorded programs compared with that answer.
+    _put(tmp_path, obj, "t")
+    other = "ef" * 32
+    (tmp_path / other[:2]).mkdir()
+    shutil.copytree(tmp_path / KEY[:2] / KEY, tmp_path / other[:2] / other)
+    meta = json.loads((tmp_path / other[:2] / other / "meta.json").read_text())
+    meta["programs"] = [{"name": "forged", "section": "kprobe/forged"}]
+    (tmp_path / other[:2] / other / "meta.json").write_text(json.dumps(meta))
+    cache = ObjectCache(tmp_path, "t")
+    assert cache.get(KEY) is not None
+    assert cache.get(other) is None
 
 
 def _files() -> dict[str, bytes]:
