@@ -377,8 +377,9 @@ def _events_probe(venv: Path, work: Path, *args: str) -> dict[str, Any]:
 def bench_events(wheel_dir: Path, work: Path, seconds: float = 5.0) -> list[Figure]:
     """The event path of the installed wheel on this kernel (root): the file family's openat
     tracepoint fed by hidsbuild/loadgen.c on CPU 1, the reader on CPU 0. Ceilings are events per
-    CPU-second of the reader (what one core decodes), with wall rate, loss and the generator's own
-    count beside them; `profile` splits a record's CPU time into ring read, unpack, the records
+    CPU-second of the API (poll, drain, freeing the records: what one core decodes; the reader
+    process's whole CPU, its checks included, beside it) or of watch, with wall rate, loss and
+    the generator's own count beside them; `profile` splits a record's CPU time into ring read, unpack, the records
     (or JSON lines) with merge and drain, and the write to a pipe (events_probe.profile)."""
     if os.geteuid() != 0:
         raise BuildError("the events section loads eBPF programs: run the bench as root")
@@ -390,11 +391,12 @@ def bench_events(wheel_dir: Path, work: Path, seconds: float = 5.0) -> list[Figu
         paced = _events_probe(venv, work, "api", str(seconds * 2), "50000", "auto")
         profile = _events_probe(venv, work, "profile")
     for reader, run in runs.items():
-        rate = run["decoded"] / run["cpu_s"]
+        rate = run["decoded"] / run["api_cpu_s"]
         target = ("", None) if reader == "libbpf" else (">= 250k/s", rate >= 250_000)
-        figures.append(Figure(f"events decoded by the API at saturation ({reader} reader), per reader CPU-s",
+        figures.append(Figure(f"events decoded by the API at saturation ({reader} reader), per API CPU-s",
                               rate, "ev/s", target[0], target[1],
-                              {"wall_rate": run["decoded"] / run["wall_s"], "cpu_use": run["cpu_s"] / run["wall_s"],
+                              {"per_reader_process_cpu_s": run["decoded"] / run["cpu_s"],
+                               "wall_rate": run["decoded"] / run["wall_s"], "cpu_use": run["cpu_s"] / run["wall_s"],
                                "decoded": run["decoded"], "generator_opens": run["opens"], "dropped": run["dropped"],
                                "generator_events_read": run["ours"], "in_order": run["ours_in_order"]}))
     lines_rate = watch["lines"] / watch["cpu_s"]
