@@ -39,9 +39,10 @@ def stitch(program: str, source: Path, project: Path, include_dirs: list[Path]) 
     """Merge `source` and the local headers it reaches into one translation unit."""
     seen: list[Path] = []
     out: list[str] = []
+    root = project.resolve()
 
-    def rel(path: Path) -> str:
-        return path.resolve().relative_to(project.resolve()).as_posix()
+    def rel(path: Path) -> str:  # of a resolved path
+        return path.relative_to(root).as_posix()
 
     def resolve(name: str, including: Path) -> Path | None:
         for base in (including.parent, *include_dirs):
