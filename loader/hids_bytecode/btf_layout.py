@@ -274,11 +274,12 @@ def _values(fields: list[_Field], ip_fixups: list[tuple[int, str, list[str]]]) -
     layout's unpack. Only integers (tuple indexes) and repr()'d names from the object's BTF enter
     the source; enum lookups are namespace entries e<index>."""
     value: dict[tuple[int, str], str] = {}
-    for index, (_, _, _, owner_key, post) in enumerate(fields):
+    for index, (_, _, size, owner_key, post) in enumerate(fields):
         if post is None or isinstance(post, _ListOfStrings):
             value[owner_key] = f"v[{index}]"
         elif post is _c_string:
-            value[owner_key] = f"v[{index}].partition(NUL)[0].decode('utf-8', 'replace')"
+            value[owner_key] = f"small[v[{index}]]" if size <= _SMALL else \
+                f"v[{index}].partition(NUL)[0].decode('utf-8', 'replace')"
         elif post is bytes.hex:
             value[owner_key] = f"v[{index}].hex()"
         else:  # an enum: its names
@@ -300,7 +301,8 @@ def _values(fields: list[_Field], ip_fixups: list[tuple[int, str, list[str]]]) -
 def _namespace(layout: struct.Struct, fields: list[_Field]) -> dict[str, Any]:
     namespace: dict[str, Any] = {"unpack_from": layout.unpack_from, "_strings": _strings, "_ip": _ip,
                                  "_as_bytes": _as_bytes, "NUL": b"\0", "esc": encode_basestring_ascii,
-                                 "_json_list": _json_list, "_json_any": _json_any, "TF": ("false", "true")}
+                                 "_json_list": _json_list, "_json_any": _json_any, "TF": ("false", "true"),
+                                 "small": _SMALL_TEXT, "small_json": _SMALL_JSON}
     for index, (_, _, _, _, post) in enumerate(fields):
         if post is not None and not isinstance(post, _ListOfStrings) and post not in (_c_string, bytes.hex):
             namespace[f"e{index}"] = post
@@ -409,37 +411,36 @@ def _compile_batches(layout: struct.Struct, fields: list[_Field], containers: li
     found = _json_display(fields, containers, value, ts, cgroup)
     lines, first = None, True
     if found is not None:
-        text, first = found
-        quote = "'" * 3
+        namespace["LINE"], args, first = found
+        made = f"(v[{ts}], arrival + i, LINE % ({', '.join(args)}))"
         lines = _compile(["def lines(rows, offset_ns, seconds, arrival, containers, tail):",
-                          f"    return [(v[{ts}], arrival + i, f{quote}{text}\\n{quote}) for i, v in enumerate(rows)]"],
-                         namespace, "lines", f"{event} json")
+                          f"    return [{made} for i, v in enumerate(rows)]"], namespace, "lines", f"{event} json")
     return Batches(layout.format, rows, lines, cgroup, first)
 
 
 def _json_display(fields: list[_Field], containers: list[tuple[int, str]], value: dict[tuple[int, str], str],
-                  ts: int, cgroup: int) -> tuple[str, bool] | None:
-    """The body of a '''-quoted f-string that is the stream record's JSON with sorted keys and
-    the json module's separators, and whether the optional container member comes first. Names
-    enter the literal text only when they are plain ASCII identifiers (nothing to escape or to
-    end the string); values are integers or go through the json module's own escaping."""
-    codes = {owner_key: (code, post) for _, code, _, owner_key, post in fields}
+                  ts: int, cgroup: int) -> tuple[str, list[str], bool] | None:
+    """The stream record's JSON with sorted keys and the json module's separators as a %-format
+    and the expressions of its arguments, and whether the optional container member comes first.
+    Names enter the format only when they are plain ASCII identifiers (nothing to escape, no %);
+    values are integers (%d) or text the json module escaped (%s)."""
+    members = {owner_key: (index, code, size, post) for index, (_, code, size, owner_key, post) in enumerate(fields)}
 
-    def member(owner: int, key: str) -> str:
-        code, post = codes[(owner, key)]
-        expr = value[(owner, key)].replace("'", '"')  # inside ''' quotes
+    def member(owner: int, key: str) -> tuple[str, list[str]]:
+        index, code, size, post = members[(owner, key)]
+        expr = value[(owner, key)]
         if expr.startswith("_ip(") or (post is not None and not isinstance(post, _ListOfStrings)
                                        and post not in (_c_string, bytes.hex)):
-            return f"{{_json_any({expr})}}"  # an address, or an enum's name (a number without one)
+            return "%s", [f"_json_any({expr})"]  # an address, or an enum's name (a number without one)
         if isinstance(post, _ListOfStrings):
-            return f"{{_json_list({expr})}}"
+            return "%s", [f"_json_list({expr})"]
         if post is _c_string:
-            return f"{{esc({expr})}}"
+            return "%s", [f"small_json[v[{index}]]" if size <= _SMALL else f"esc({expr})"]
         if post is bytes.hex:
-            return f'"{{{expr}}}"'
-        return f"{{TF[{expr}]}}" if code == "?" else f"{{{expr}}}"
+            return '"%s"', [expr]
+        return ("%s", [f"TF[{expr}]"]) if code == "?" else ("%d", [expr])
 
-    def obj(container: int, items: dict[str, str]) -> str | None:
+    def obj(container: int, items: dict[str, tuple[str, list[str]]]) -> tuple[str, list[str]] | None:
         for child, (parent, key) in enumerate(containers):
             if parent == container and child:
                 nested = obj(child, {})
@@ -453,19 +454,41 @@ def _json_display(fields: list[_Field], containers: list[tuple[int, str]], value
                 items[key] = member(owner, key)
         if not all(key.isidentifier() and key.isascii() for key in items):
             return None
-        return "{{" + ", ".join(f'"{key}": {items[key]}' if key != "container" else "\0"
-                                for key in sorted(items)) + "}}"
+        keys = sorted(items)
+        text = "{" + ", ".join(f'"{key}": {items[key][0]}' if key != "container" else "\0" for key in keys) + "}"
+        return text, [arg for key in keys for arg in items[key][1]]
 
-    top = {"event": "{tail[0]}", "program": "{tail[1]}", "schema_version": "{tail[2]}", "host": "{tail[3]}",
-           "time": f'"{{seconds[(w := v[{ts}] + offset_ns) // {_NS}]}}.{{w % {_NS}:09d}}Z"',
-           "time_ns": "{w}", "container": ""}  # "time" sorts before "time_ns", which reuses its w
-    text = obj(0, top)
-    if text is None:
+    top = {"event": ("%s", ["tail[0]"]), "program": ("%s", ["tail[1]"]), "schema_version": ("%s", ["tail[2]"]),
+           "host": ("%s", ["tail[3]"]), "container": ("", [f"containers[v[{cgroup}]]"]),
+           "time": ('"%s.%09dZ"', [f"seconds[(w := v[{ts}] + offset_ns) // {_NS}]", f"w % {_NS}"]),
+           "time_ns": ("%d", ["w"])}  # "time" sorts before "time_ns", which reuses its w
+    found = obj(0, top)
+    if found is None:
         return None
-    first = text.startswith("{{\0")
-    # The container member is optional: its text, separator included, comes from `containers`.
-    text = text.replace("\0, " if first else ", \0", f"{{containers[v[{cgroup}]]}}")
-    return text, first
+    text, args = found
+    first = text.startswith("{\0")
+    # The container member is optional: its text, separator included, is the argument `containers` gives.
+    return text.replace("\0, " if first else ", \0", "%s") + "\n", args, first
+
+
+class _Decoded(dict[bytes, str]):
+    """A small char array's bytes -> its string (`json`: as JSON text), remembered: comm and the
+    like repeat from record to record, so one lookup replaces partition, decode (and escape)."""
+
+    def __init__(self, json: bool) -> None:
+        super().__init__()
+        self.json = json
+
+    def __missing__(self, raw: bytes) -> str:
+        if len(self) >= 4096:
+            self.clear()
+        text = raw.partition(b"\0")[0].decode("utf-8", "replace")
+        self[raw] = text = encode_basestring_ascii(text) if self.json else text
+        return text
+
+
+_SMALL = 32  # char arrays up to this size are decoded through _Decoded
+_SMALL_TEXT, _SMALL_JSON = _Decoded(json=False), _Decoded(json=True)
 
 
 def _json_list(items: list[str]) -> str:
