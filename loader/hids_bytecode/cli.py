@@ -6,6 +6,7 @@ Expected failures print one line, `hids-bytecode: <reason>`, and exit with the e
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -388,6 +389,9 @@ def _parse(argv: list[str]) -> SimpleNamespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The modules imported so far live until exit: frozen, the collections that parsing the manifest
+    # sets off (and the one at exit) do not walk them again (5% of a cold `select`).
+    gc.freeze()
     words = sys.argv[1:] if argv is None else argv
     try:
         args = _quick_select(words) or _parse(words)

@@ -22,8 +22,9 @@ __all__ = ["WrapperFact", "detect_syscall_wrapper", "addresses_hidden", "KALLSYM
 
 KALLSYMS = Path("/proc/kallsyms")
 _SYSCALLS = r"(?:openat|open|execve)"
-_WRAPPED = re.compile(rf"^(__(?:x64|ia32|arm64|riscv|s390x|powerpc|arm)_sys_){_SYSCALLS}$")
-_PLAIN = re.compile(rf"^(sys_|SyS_){_SYSCALLS}$")
+# Compiled by the scan: a start with this boot's facts cached (hostcache.py) never scans.
+_WRAPPED = rf"^(__(?:x64|ia32|arm64|riscv|s390x|powerpc|arm)_sys_){_SYSCALLS}$"
+_PLAIN = rf"^(sys_|SyS_){_SYSCALLS}$"
 
 
 class WrapperFact(Record):
@@ -39,6 +40,7 @@ class WrapperFact(Record):
 
 def detect_syscall_wrapper(path: Path = KALLSYMS) -> WrapperFact:
     """Scan kallsyms until a wrapped or plain open/execve syscall symbol decides."""
+    wrapped, plain = re.compile(_WRAPPED), re.compile(_PLAIN)
     hidden = True
     try:
         with path.open("r", errors="replace") as lines:
@@ -51,10 +53,10 @@ def detect_syscall_wrapper(path: Path = KALLSYMS) -> WrapperFact:
                 if len(fields) < 3:
                     continue
                 name = fields[2]
-                match = _WRAPPED.match(name)
+                match = wrapped.match(name)
                 if match:
                     return WrapperFact(True, match.group(1), name, number, hidden)
-                match = _PLAIN.match(name)
+                match = plain.match(name)
                 if match:
                     return WrapperFact(False, match.group(1), name, number, hidden)
     except OSError as exc:

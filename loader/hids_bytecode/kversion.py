@@ -22,7 +22,7 @@ __all__ = ["KernelVersion", "upstream_version", "parse_release"]
 
 _RELEASE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(?=$|[-+_.~a-z])")
 _DEBIAN_V = re.compile(r"\bDebian (\d+)\.(\d+)(?:\.(\d+))?[-~+]")
-_UBUNTU_SIG = re.compile(r"^Ubuntu\S* \S+ (\d+)\.(\d+)(?:\.(\d+))?\s*$")
+_UBUNTU_SIG = r"^Ubuntu\S* \S+ (\d+)\.(\d+)(?:\.(\d+))?\s*$"  # compiled only for a host that has a signature
 
 
 class KernelVersion(Record):
@@ -58,7 +58,7 @@ def parse_release(release: str) -> KernelVersion:
 def upstream_version(release: str, uname_version: str = "", version_signature: str | None = None) -> KernelVersion:
     """Best upstream version: Ubuntu's signature, then Debian's `uname -v`, then the release."""
     if version_signature:
-        match = _UBUNTU_SIG.match(version_signature.strip())
+        match = re.match(_UBUNTU_SIG, version_signature.strip())
         if match:
             return _version(match, "/proc/version_signature")
     match = _DEBIAN_V.search(uname_version)
