@@ -55,7 +55,9 @@ class BuildOptions:
     shard: tuple[int, int] | None = None
     parallel: int | None = None
     rebuild_toolchain: bool = False  # build the image anew, without docker's layer cache
-    pch: bool = True  # precompile the headers a kernel's units share; False only to prove the objects the same
+    # precompile the headers a kernel's units share and compile a kernel x variant's programs in one
+    # clang; False (each unit alone, from its source) only to prove the objects the same
+    pch: bool = True
 
 
 @dataclass
@@ -353,14 +355,18 @@ def _compile(client: Any, image: ToolchainImage, opts: BuildOptions, planner: _P
                     assert path is not None
                     mounts = {path.parent: f"{BTF_DIR}/{unit.arch}"}
                 pch_ns = run_batch(client, image, jobs, src_dir, mounts, cache, opts.cache_dir / "tmp", done, stop,
-                                   opts.parallel, opts.pch)
+                                   opts.parallel, opts.pch, group_units=opts.pch)
                 with lock:
                     result.pch_ns[unit.target] = pch_ns
 
             cores = opts.parallel or os.cpu_count() or 1
-            pool = ThreadPoolExecutor(max_workers=max(1, min(len(batches), cores)))
+            # One container more than cores: while one starts, stops or precompiles its header on
+            # a single core, the others' compiles keep every core busy. The costliest batches go
+            # first (CO-RE's vmlinux.h is the largest header), so the build does not end on one.
+            pool = ThreadPoolExecutor(max_workers=max(1, min(len(batches), cores + 1 if cores > 1 else 1)))
+            order = sorted(batches.values(), key=lambda jobs: (jobs[0].unit.kernel is not None, -len(jobs)))
             try:
-                for future in [pool.submit(batch, jobs) for jobs in batches.values()]:
+                for future in [pool.submit(batch, jobs) for jobs in order]:
                     # Woken every poll: a signal the kernel delivers to a worker thread runs its
                     # handler only when the main thread runs again, so a blocking result() would
                     # hold Ctrl-C or SIGTERM until the batch ended.

@@ -9,6 +9,11 @@
 #        compile_unit.sh --pch ID   (/out/pch/ID holds `header.h`, `args` and `excluded`:
 #                                    precompiles the header to /tmp/pch/ID.pch, writes `result`
 #                                    and `cpu` there; see docs/DESIGN.md)
+#        compile_unit.sh --group GROUP_DIR   (units whose clang step differs only in the source:
+#                                    `members`, their unit dirs; `steps` and, with a shared header,
+#                                    `pch` and `steps.pch`: one clang for every member's source
+#                                    (its bitcode lands in /out/GROUP_DIR), then the rest; writes
+#                                    `clock` and `cpu` after each step, then each member's `result`)
 # A unit whose PCH is missing or fails compiles without it: the PCH only saves time, the
 # object is the same either way.
 set -u
@@ -34,6 +39,36 @@ if [ "$1" = "--pch" ]; then
   times > "$dir/cpu"
   rm -f "$pch.tmp"
   echo "$status $((end - start))" > "$dir/result.tmp" && mv "$dir/result.tmp" "$dir/result"
+  exit 0
+fi
+
+if [ "$1" = "--group" ]; then
+  group="/out/$2"
+  steps=steps
+  if [ -f "$group/pch" ] && [ -f "/tmp/pch/$(cat "$group/pch").pch" ]; then
+    steps=steps.pch
+  fi
+  cd "$group" || exit 0
+  date +%s%N > clock
+  times > cpu
+  status=0
+  while IFS= read -r step; do
+    eval "$step" 2>> stderr || { status=$?; break; }
+    date +%s%N >> clock
+    times >> cpu
+  done < "$steps"
+  rm -f ./*.bc
+  # A unit's errors and warnings are its own: a group that failed or said anything is compiled
+  # again unit by unit (same objects), so each unit records what its compile printed.
+  if [ "$status" != 0 ] || [ -s stderr ]; then
+    for unit in $(cat members); do "$0" "$unit"; done
+    exit 0
+  fi
+  how=grouped-plain
+  [ "$steps" = steps.pch ] && how=grouped-pch
+  for unit in $(cat members); do
+    echo "0 0 $how" > "/out/$unit/result.tmp" && mv "/out/$unit/result.tmp" "/out/$unit/result"
+  done
   exit 0
 fi
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import ROOT, TEST_PROJECT, copy_project, fresh_cache
 
+from hidsbuild.errors import UnitsFailed
 from hidsbuild.pch import prologue, shared_header
 from hidsbuild.pipeline import BuildOptions, BuildResult, build_all
 from hidsbuild.stitch import stitch
@@ -94,6 +95,47 @@ def test_real_program_objects_are_identical_with_and_without_pch(tmp_path: Path)
     doc["kernels"] = [k for k in doc["kernels"] if k["release"] == "6.1.0-50-cloud-amd64"]
     (project / "kernels.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     _assert_identical(project / "kernels.yaml", tmp_path)
+
+
+def _add_program(project: Path, name: str, source: str) -> None:
+    entry = f"programs:\n  {name}: {{source: bpf/{name}.bpf.c}}\n"
+    (project / "kernels.yaml").write_text((project / "kernels.yaml").read_text().replace("programs:\n", entry, 1))
+    (project / "bpf" / f"{name}.bpf.c").write_text(source)
+
+
+def test_programs_of_a_kernel_and_variant_compiled_in_one_group_give_the_same_objects(tmp_path: Path) -> None:
+    """Two programs per kernel x variant: one clang and one llvm-strip per group, the objects
+    byte-identical to each unit compiled alone, and each unit's profile its share of the group's."""
+    project = copy_project(tmp_path / "p")
+    hello = (project / "bpf" / "hello.bpf.c").read_text()
+    _add_program(project, "other", hello.replace("count_exec", "other_exec"))
+    with_groups, result = _build(project / "kernels.yaml", tmp_path, pch=True)
+    alone, plain_result = _build(project / "kernels.yaml", tmp_path, pch=False)
+    built = [o for o in result.outcomes if o.status == "built"]
+    assert len(built) == 8 and all(o.pch for o in built)
+    # The test program warns (an unused variable) without DEBUG: those groups said something, so
+    # their units were compiled again one by one and each keeps its own warning.
+    for o in built:
+        assert o.object is not None
+        assert o.grouped == (o.job.unit.variant.debug and not o.object.meta["warnings"]), o.job.unit.id
+    assert all(o.compile_ns > 0 and o.step_cpu["clang"] > 0 and o.step_cpu["llvm-strip"] >= 0 for o in built)
+    assert not any(o.grouped for o in plain_result.outcomes)
+    assert with_groups == alone
+
+
+def test_a_group_with_a_failing_member_compiles_unit_by_unit(tmp_path: Path) -> None:
+    """The broken program's error is its own and the good program of its group still builds."""
+    project = copy_project(tmp_path / "p")
+    _add_program(project, "zbroken", (project / "bpf" / "broken.bpf.c").read_text())
+    doc = yaml.safe_load((project / "kernels.yaml").read_text())
+    doc["kernels"] = doc["kernels"][:1]
+    (project / "kernels.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(UnitsFailed):
+        build_all(BuildOptions(project / "kernels.yaml", tmp_path / "build", fresh_cache(tmp_path)))
+    index = json.loads((tmp_path / "build" / "index.json").read_text())
+    assert [u["program"] for u in index["units"]] == ["hello", "hello"]
+    assert all("undeclared_identifier" in f["error"] and f["unit"].startswith("zbroken/") for f in index["failures"])
+    assert len(index["failures"]) == 2
 
 
 def test_pch_that_reads_an_excluded_variant_macro_is_not_used(tmp_path: Path) -> None:
