@@ -3,11 +3,13 @@
 Each program is read from its pins when loaded (this process then holds every such program's
 consumer lock, docs/PINS.md, and writes its own tgid into each `config`, cleared on close), else
 loaded and attached for the stream's lifetime. On x86_64 each ring buffer is read through its
-own mmap (ringbuf.py: records decoded in place by a function compiled for their layout,
-btf_layout.py, with no C callback per record); elsewhere it gets a libbpf `ring_buffer`, as each
-perf buffer (kernels < 5.8) gets a `perf_buffer`; one epoll waits on all of them. A round reads at
-most _BUDGET records per ring, so a flooded ring can neither starve the others nor keep the
-process inside libbpf, where signals are held, for long.
+own mmap (ringbuf.py, no C callback per record): runs of records of one layout are unpacked in
+one call and turned into records, or for drain_lines (watch) straight into JSON lines, by
+comprehensions compiled for that layout (btf_layout.Batches); other records are decoded one by
+one in place. Elsewhere a ring gets a libbpf `ring_buffer`, as each perf buffer (kernels < 5.8)
+gets a `perf_buffer`; one epoll waits on all of them. A round reads at most _BUDGET records per
+ring, so a flooded ring can neither starve the others nor keep the process inside libbpf, where
+signals are held, for long.
 
 Ordering: each ring delivers its events in the order they were committed. The stream merges the
 rings by the kernel timestamp (`hdr.ts_ns`, CLOCK_MONOTONIC): an event is held until it is
