@@ -99,6 +99,8 @@ class _Runs(dict[tuple[int, int], "Take | None"]):
 
     def __missing__(self, key: tuple[int, int]) -> Take | None:
         assert self.source.schema is not None  # _open_all sets it before any buffer is polled
+        if len(self) >= 1024:  # lengths a layout never has, from a misbehaving program: bounded
+            self.clear()
         layout = self.source.schema.events.get(key[0])
         size = key[1]
         take = None
