@@ -259,16 +259,15 @@ def _cmd_unload(args: SimpleNamespace) -> int:
 def _cmd_watch(args: SimpleNamespace) -> int:
     from . import interrupts
     seen = 0
-    encode = json.JSONEncoder(sort_keys=True).encode  # json.dumps with options builds an encoder per call
     # Interrupted (exit 130/143) ends the loop; the stream's close then clears the filters and lets go
     # of the rings.
     with interrupts.as_errors(), api.stream(args.programs or None, args.format, _options(args),
                                             window_ms=args.window_ms) as events:
         while not args.count or seen < args.count:
             events.poll()
-            batch = events.drain()[:args.count - seen if args.count else None]
+            batch = events.drain_lines()[:args.count - seen if args.count else None]  # json.dumps(sort_keys=True)
             with interrupts.deferred():  # a signal never cuts a line in half: it acts after the batch
-                sys.stdout.write("".join([encode(event) + "\n" for event in batch]))
+                sys.stdout.write("".join(batch))
                 sys.stdout.flush()  # once per batch: each line reaches the reader within a poll
             seen += len(batch)
     return 0
