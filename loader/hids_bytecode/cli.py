@@ -351,7 +351,7 @@ def _command_in(argv: list[str]) -> str | None:
 
 
 # What a plain `select` may hold to be parsed without argparse: importing it, gettext's locale
-# lookups and the help formatter's terminal probes were a fifth of a cold `select --json` (issue 16).
+# lookups and the help formatter's terminal probes cost an eighth of a cold `select --json` (issue 16).
 # Any other argv (a value option, -h, an abbreviation, a typo, programs in two runs) goes to
 # argparse; tests/test_loader_start_fast.py checks that both give the same namespace.
 _QUICK_FLAGS = {"--json": "json", "--explain": "explain", "-v": "detail", "--detail": "detail", "--debug": "debug",

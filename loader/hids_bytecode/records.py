@@ -1,9 +1,9 @@
 """Record: the base of the loader's small read-only values (host facts, manifest entries, selection
 steps, options), in place of @dataclass(frozen=True).
 
-They are on every command's start-up path, and dataclasses cost a cold `select` about a third of
-its time on a slow host (issue 16): `import dataclasses` pulls inspect, ast and dis, and each
-decorated class execs generated code. A record names its fields in __slots__ and sets them in a
+They are on every command's start-up path, where dataclasses cost a cold `select` about a fifth
+of its instructions (issue 16): `import dataclasses` pulls inspect, ast and dis, and each decorated
+class execs generated code. A record names its fields in __slots__ and sets them in a
 plain __init__; Record gives what the frozen dataclass gave: a field set once cannot be set again,
 equality and a hash over the fields (less those in `_uncompared`), a repr and replace().
 """
