@@ -19,11 +19,12 @@ import re
 import shlex
 import shutil
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hids_bytecode.recipe import Roots, Step, render
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # docker and pyelftools (~0.25 s of imports) only when a unit
 __all__ = ["Job", "Outcome", "run_batch"]
 
 _POLL_SECONDS = 0.1
+_DOCKER_POLL_SECONDS = 2.0
 _TIMES = re.compile(r"(\d+)m([\d.]+)s")
 log = logging.getLogger("hidsbuild")
 
@@ -269,6 +271,17 @@ def _pch_ns(workdir: Path) -> int:
     return total
 
 
+def _gone(container: Any) -> bool:
+    """Whether the container has exited (or can no longer be inspected)."""
+    import docker.errors
+
+    try:
+        container.reload()
+    except docker.errors.DockerException:
+        return True
+    return container.status in ("exited", "dead")
+
+
 def run_batch(
     client: docker.DockerClient,
     image: ToolchainImage,
@@ -313,7 +326,7 @@ def run_batch(
         volumes.update({str(host): {"bind": path, "mode": "ro"} for host, path in mounts.items()})
         # Per-unit errors land in /out/<unit>/stderr; this file catches the shell's and xargs' own.
         script = (f"{{ ls /out/pch | xargs -r -P {parallel} -n 1 compile_unit.sh --pch; "
-                  f"xargs -P {parallel} -L 1 compile_unit.sh < /out/tasks; }} 2> /out/batch.stderr")
+                  f"xargs -P {parallel} -L 1 compile_unit.sh < /out/tasks; }} 2> /out/batch.stderr; touch /out/done")
         container = containers.start(client, image.tag, ["sh", "-c", script], volumes)
 
         def collect() -> None:
@@ -321,25 +334,25 @@ def run_batch(
                 if (workdir / name / "result").exists():
                     on_done(_finish(pending.pop(name), workdir / name, image, cache))
 
-        exit_status: list[int] = []
-
-        def watch() -> None:
-            try:
-                exit_status.append(containers.wait(container, stop))
-            except containers.Interrupted:
-                pass  # the container is gone; the loop below sees `stop` and says so
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        while watcher.is_alive():
-            collect()
-            watcher.join(_POLL_SECONDS)
-        if stop.is_set():
-            raise containers.Interrupted()
+        try:
+            # The batch's shell says it is done in a file: watched like the units' results, so the
+            # docker API (a request and its inspect JSON, host and daemon CPU taken from the
+            # compiles) is asked only now and then, for a container that died without saying so.
+            asked = time.monotonic()
+            while not stop.is_set() and not (workdir / "done").exists():
+                collect()
+                if time.monotonic() - asked >= _DOCKER_POLL_SECONDS:
+                    asked = time.monotonic()
+                    if _gone(container):
+                        break
+                stop.wait(_POLL_SECONDS)
+        except BaseException:
+            containers.remove(container)
+            raise
+        exited = containers.wait(container, stop)  # removes it; raises Interrupted once `stop` is set
         collect()
         stderr = (workdir / "batch.stderr").read_text(errors="replace").strip()[-2000:] \
             if (workdir / "batch.stderr").exists() else ""
-        exited = exit_status[0] if exit_status else "?"
         for name in sorted(pending):
             on_done(Outcome(pending.pop(name), "failed",
                             error=f"container exited ({exited}) before this unit ran: {stderr}"))
