@@ -133,8 +133,11 @@ def bench_serial(matrix_path: Path, shared: Path, work: Path) -> tuple[dict[str,
     units = sum(len(t) for t in spent.values())
     total = sum(sum(t) for t in spent.values()) + sum(result.pch_ns.values()) / 1e9
     mean = total / units
+    # CPU beside wall time: what the tools themselves used, less bent by a machine others share.
+    cpu = sum(sum(o.step_cpu.values()) for o in result.outcomes if o.status == "built") / units
     return per_unit, Figure("serial compile, core-seconds per unit", mean, "s", "<= 0.6 s", mean <= 0.6,
-                            {"units": units, "pch_s": sum(result.pch_ns.values()) / 1e9,
+                            {"units": units, "cpu_s_per_unit": cpu, "pch_s": sum(result.pch_ns.values()) / 1e9,
+                             "grouped": sum(1 for o in result.outcomes if o.grouped),
                              **{f"{s}_s": v for s, v in sorted(per_unit.items())}}), _profile(result, units)
 
 
