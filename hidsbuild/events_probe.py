@@ -127,6 +127,11 @@ def watch(loadgen: str, seconds: float, rate: int) -> dict[str, Any]:
         lost += chunk.count(b'"event": "lost"')
     cpu = _cpu_s(proc.pid) - cpu0  # the backlog it wrote after the generator stopped included
     proc.send_signal(signal.SIGTERM)
+    # Other processes' events keep coming: watch may be blocked writing a batch into the full pipe,
+    # and it acts on the signal only once the batch is written. Read to the end (its exit).
+    os.set_blocking(fd, True)
+    while os.read(fd, 1 << 20):
+        pass
     _, status = os.waitpid(proc.pid, 0)
     return {"mode": "watch", "rate": rate, "opens": _opens(gen), "lines": lines, "ours": ours, "loss_lines": lost,
             "cpu_s": cpu, "wall_s": wall, "exit": os.waitstatus_to_exitcode(status)}
