@@ -12,11 +12,13 @@ import pytest
 import yaml
 from conftest import ROOT, TEST_PROJECT, copy_project, fresh_cache
 
+from hidsbuild.compile import Job, _plan_groups, _write_group
 from hidsbuild.errors import UnitsFailed
+from hidsbuild.kernels import load_matrix
 from hidsbuild.pch import prologue, shared_header
 from hidsbuild.pipeline import BuildOptions, BuildResult, build_all
 from hidsbuild.stitch import stitch
-from hidsbuild.units import PCH_EXCLUDED_MACROS, pch_args
+from hidsbuild.units import PCH_EXCLUDED_MACROS, compile_recipe, container_roots, enumerate_units, pch_args
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +57,26 @@ def test_one_header_serves_every_program_and_variant_of_a_kernel() -> None:
     assert lines[-2:] == ["#undef USE_SYSCALL_WRAPPER", "#undef DEBUG"]
     c = shared_header(_stitched("file"), pch_args(["-I/other", *args[1:]]), PCH_EXCLUDED_MACROS)
     assert c is not None and c.id != a.id
+
+
+def test_a_kernel_x_variant_programs_form_one_group_with_one_clang_and_one_strip(tmp_path: Path) -> None:
+    matrix = load_matrix(ROOT / "kernels.yaml")
+    units = [u for u in enumerate_units(matrix) if u.kernel is None and u.arch == "x86_64"]
+    jobs = [Job(u, compile_recipe(u), container_roots(u, None, 19), "key") for u in units]
+    groups = _plan_groups(jobs, {})
+    assert sorted(sorted(jobs[i].unit.program.name for i in g) for g in groups) == \
+        [["file", "kernel", "network", "process"]] * 2  # one per debug variant
+    assert all(len({jobs[i].unit.variant for i in g}) == 1 for g in groups)
+    (tmp_path / "u0000").mkdir()
+    (tmp_path / "u0001").mkdir()
+    pair = [("u0000", jobs[groups[0][0]]), ("u0001", jobs[groups[0][1]])]
+    _write_group(tmp_path, "g0000", pair, None)
+    steps = (tmp_path / "g0000" / "steps").read_text().splitlines()
+    assert [s.split()[0] for s in steps] == ["clang", "llc", "llc", "llvm-strip"]
+    assert all(str(job.roots.source) in steps[0] for _, job in pair) and " -o " not in steps[0]
+    assert steps[-1].endswith("-g /out/u0000/unit.o /out/u0001/unit.o")
+    assert (tmp_path / "g0000" / "owners").read_text() == "u0000 u0001\nu0000\nu0001\nu0000 u0001\n"
+    assert (tmp_path / "u0001" / "group").read_text() == "g0000"
 
 
 # --- docker: real compiles ----------------------------------------------------------------
