@@ -231,6 +231,33 @@ def test_second_watch_is_refused_naming_the_first(host: Host) -> None:
     assert host.cli("unload", "mini").returncode == 0
 
 
+def test_sigterm_ends_a_watch_whose_reader_stopped_reading(host: Host, tmp_path: Path) -> None:
+    # An agent that hangs leaves watch blocked on a full pipe; stopping watch must still work,
+    # and what reached the pipe must be whole lines.
+    assert host.cli("load", "mini").returncode == 0
+    watcher = host.popen("watch", "mini", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: agent_tgid(host.tree) == watcher.pid)
+        target = tmp_path / "opened"
+        target.write_text("x")
+        blocked = False
+        for _ in range(200):  # the pipe holds 64 KiB: a few hundred open events fill it
+            for _ in range(500):
+                os.close(os.open(target, os.O_RDONLY))
+            blocked = "pipe_write" in Path(f"/proc/{watcher.pid}/wchan").read_text()
+            if blocked:
+                break
+        assert blocked, "watch never blocked on the full pipe"
+        watcher.send_signal(signal.SIGTERM)
+        watcher.wait(timeout=15)  # nothing reads the pipe meanwhile: that is the reader that hung
+        out, err = watcher.communicate()
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 143 and "Traceback" not in err, err
+    assert out.endswith("\n") and all(json.loads(line) for line in out.splitlines())
+    assert host.cli("unload", "mini").returncode == 0
+
+
 def test_already_loaded_is_refused_before_any_bpf_call(host: Host, tmp_path: Path) -> None:
     assert host.cli("load", "mini").returncode == 0
     # With libbpf unloadable, any road to a bpf() call would end in LibbpfMissing instead.

@@ -266,11 +266,25 @@ def _cmd_watch(args: SimpleNamespace) -> int:
         while not args.count or seen < args.count:
             events.poll()
             batch = events.drain_lines()[:args.count - seen if args.count else None]  # json.dumps(sort_keys=True)
-            with interrupts.deferred():  # a signal never cuts a line in half: it acts after the batch
-                sys.stdout.write("".join(batch))
-                sys.stdout.flush()  # once per batch: each line reaches the reader within a poll
+            _write_lines(sys.stdout.fileno(), "".join(batch).encode())  # once per batch: within a poll
             seen += len(batch)
     return 0
+
+
+def _write_lines(fd: int, data: bytes) -> None:
+    """Write whole lines to `fd` in pieces of at most PIPE_BUF bytes, which a pipe takes whole or
+    not at all: a SIGTERM while the reader has stopped reading (the pipe full) then ends watch at
+    once (Interrupted, from as_errors) without cutting a line in half. Holding the signal until the
+    write ends instead would wait forever on such a reader. Only a line longer than PIPE_BUF can be
+    cut, and only by a signal that lands while it is half written."""
+    from select import PIPE_BUF
+    view, start = memoryview(data), 0
+    while start < len(data):
+        end = len(data) if len(data) - start <= PIPE_BUF else data.rfind(b"\n", start, start + PIPE_BUF) + 1
+        if end <= start:  # one line longer than PIPE_BUF: to its end
+            end = data.find(b"\n", start) + 1 or len(data)
+        while start < end:
+            start += os.write(fd, view[start:end])
 
 
 def _cmd_stats(args: SimpleNamespace) -> int:
