@@ -118,10 +118,10 @@ def _signed_by(key: SigningKey | None) -> str:
     return f"signed by {key.fingerprint[:16]}... ({key.path.name})"
 
 
-def _size_table(name: str, entries: list[dict[str, Any]], wheel_size: int, signed_by: str) -> Table:
+def _size_table(name: str, entries: list[dict[str, Any]], wheel_size: int) -> Table:
     """Per program: units, distinct objects, their sizes summed per unit and once each; then the
-    wheel, and whether its manifest is signed."""
-    table = Table(title=name, caption=signed_by)
+    wheel (whether the manifests are signed is said once, after every table)."""
+    table = Table(title=name)
     for column in ("program", "units", "objects", "raw bytes (per unit)", "stored bytes (deduplicated)"):
         table.add_column(column, justify="left" if column == "program" else "right")
     by_program: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -184,6 +184,6 @@ def bundle_wheels(sources: list[Path], dist: Path, loader: Path = LOADER, sign_k
                 console.print(f"  replaced {stale.name}")
         if data is None:
             console.print(f"  {path.name}: unchanged (the bytes these inputs make, as recorded when written)")
-        console.print(_size_table(path.name, bundle.for_arch(arch), path.stat().st_size, _signed_by(key)))
+        console.print(_size_table(path.name, bundle.for_arch(arch), path.stat().st_size))
     console.print(_signed_by(key), soft_wrap=True)  # one line, whatever the width: scripts grep it
     return list(wheels)
