@@ -178,17 +178,27 @@ def _write_headers(workdir: Path, headers: dict[int, SharedHeader]) -> None:
         (path / "excluded").write_text("\n".join(PCH_EXCLUDED_MACROS) + "\n")
 
 
+def _steps_text(argvs: list[list[str]]) -> str:
+    """A steps file: one shell-quoted command per line, as compile_unit.sh reads it."""
+    return "".join(shlex.join(argv) + "\n" for argv in argvs)
+
+
+def _reading_pch(argvs: list[list[str]], header: SharedHeader) -> list[list[str]]:
+    """`argvs` with their first step, clang, reading the precompiled `header` first (compile_unit.sh
+    --pch writes it to /tmp/pch/<id>.pch)."""
+    assert argvs[0][0] == "clang"
+    return [[argvs[0][0], "-include-pch", f"/tmp/pch/{header.id}.pch", *argvs[0][1:]], *argvs[1:]]
+
+
 def _write_steps(unit_dir: Path, job: Job, header: SharedHeader | None) -> None:
     """The unit's recipe as the container runs it: `steps`, and with a shared header `steps.pch`,
     the same with clang reading that header first."""
     out = f"/out/{unit_dir.name}"
     argv = render(job.recipe, replace(job.roots, bitcode=f"{out}/unit.bc", object=f"{out}/unit.o"))
-    (unit_dir / "steps").write_text("".join(shlex.join(a) + "\n" for a in argv))
+    (unit_dir / "steps").write_text(_steps_text(argv))
     if header is not None:
-        assert argv[0][0] == "clang"
-        argv[0][1:1] = ["-include-pch", f"/tmp/pch/{header.id}.pch"]
         (unit_dir / "pch").write_text(header.id)
-        (unit_dir / "steps.pch").write_text("".join(shlex.join(a) + "\n" for a in argv))
+        (unit_dir / "steps.pch").write_text(_steps_text(_reading_pch(argv, header)))
 
 
 def _grouped_clang(argv: list[str], source: str, bitcode: str) -> list[str] | None:
@@ -249,11 +259,11 @@ def _write_group(workdir: Path, name: str, members: list[tuple[str, Job]], heade
     (gdir / "members").write_text("\n".join(units) + "\n")
     (gdir / "owners").write_text("".join(" ".join(owners) + "\n" for _, _, owners in steps))
     (gdir / "tools").write_text("".join(tool + "\n" for tool, _, _ in steps))
-    (gdir / "steps").write_text("".join(shlex.join(argv) + "\n" for _, argv, _ in steps))
+    argvs = [argv for _, argv, _ in steps]
+    (gdir / "steps").write_text(_steps_text(argvs))
     if header is not None:
         (gdir / "pch").write_text(header.id)
-        with_pch = [["clang", "-include-pch", f"/tmp/pch/{header.id}.pch", *clang[1:]]] + [a for _, a, _ in steps[1:]]
-        (gdir / "steps.pch").write_text("".join(shlex.join(argv) + "\n" for argv in with_pch))
+        (gdir / "steps.pch").write_text(_steps_text(_reading_pch(argvs, header)))
 
 
 def _pch_ns(workdir: Path) -> int:
