@@ -27,8 +27,8 @@ from typing import Any, Union, cast
 from . import libbpf as lb
 from .errors import LoadError
 
-__all__ = ["EventLayout", "Batches", "Seconds", "Schema", "schema_from_object", "schema_from_object_file",
-           "schema_from_btf"]
+__all__ = ["EventLayout", "Batches", "Seconds", "Schema", "encode_json", "schema_from_object",
+           "schema_from_object_file", "schema_from_btf"]
 
 _INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
 _MODIFIERS = {9, 10, 11, 18}  # volatile, const, restrict, type_tag: no layout of their own
@@ -301,7 +301,7 @@ def _values(fields: list[_Field], ip_fixups: list[tuple[int, str, list[str]]]) -
 def _namespace(layout: struct.Struct, fields: list[_Field]) -> dict[str, Any]:
     namespace: dict[str, Any] = {"unpack_from": layout.unpack_from, "_strings": _strings, "_ip": _ip,
                                  "_as_bytes": _as_bytes, "NUL": b"\0", "esc": encode_basestring_ascii,
-                                 "_json_list": _json_list, "_json_any": _json_any, "TF": ("false", "true"),
+                                 "_json_list": _json_list, "_json_any": encode_json, "TF": ("false", "true"),
                                  "small": _SMALL_TEXT, "small_json": _SMALL_JSON}
     for index, (_, _, _, _, post) in enumerate(fields):
         if post is not None and not isinstance(post, _ListOfStrings) and post not in (_c_string, bytes.hex):
@@ -495,7 +495,10 @@ def _json_list(items: list[str]) -> str:
     return "[" + ", ".join(map(encode_basestring_ascii, items)) + "]"
 
 
-_json_any = json.JSONEncoder(sort_keys=True).encode  # what `watch` writes for every other record
+# A record's JSON text as `watch` writes it (json.dumps(record, sort_keys=True)): what the stream
+# encodes records with, and what a compiled line uses for a member it does not spell itself, so the
+# two can never differ.
+encode_json = json.JSONEncoder(sort_keys=True).encode
 
 
 def _strings(raw: bytes, length: Any) -> list[str]:

@@ -43,6 +43,7 @@ from . import interrupts
 from . import libbpf as lb
 from .attach import LoadedObject, load_object, set_agent_tgid
 from .btf_layout import Batches, Schema, Seconds, schema_from_object
+from .btf_layout import encode_json as _encode
 from .errors import HidsError, Interrupted, InvalidArgument, LoadError, NotLoaded
 from .events import PERF_EVENT_ARRAY, RINGBUF, map_info, read_counters
 from .hostinfo import HostFacts
@@ -83,9 +84,6 @@ def _no_collection() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-_encode = json.JSONEncoder(sort_keys=True).encode  # as `watch` writes records (drain_lines)
 
 
 class _Runs(dict[tuple[int, int], "Take | None"]):
