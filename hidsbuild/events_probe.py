@@ -171,6 +171,7 @@ def profile(loadgen: str, rounds: int = 30) -> dict[str, Any]:
     whole path of watch's JSON lines (drain_lines: compiled templates, no dicts), and those lines
     written to a pipe as watch writes them."""
     from hids_bytecode import api as loader
+    from hids_bytecode.cli import _write_lines as write_lines  # watch's own write: PIPE_BUF pieces
 
     os.sched_setaffinity(0, {0})
     out: dict[str, Any] = {"mode": "profile"}
@@ -210,8 +211,7 @@ def profile(loadgen: str, rounds: int = 30) -> dict[str, Any]:
         def written() -> int:
             events.poll(0)
             batch = events.drain_lines()
-            pipe.write("".join(batch))
-            pipe.flush()
+            write_lines(pipe.fileno(), "".join(batch).encode())
             return len(batch)
 
         stages: list[tuple[str, Any, bool | None]] = [("read_us", fake, False), ("unpack_us", fake, True),
