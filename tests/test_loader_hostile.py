@@ -108,12 +108,12 @@ def holds_open(pid: int, path: Path) -> bool:
         return False
 
 
-def wait_for(predicate, timeout: float = 15.0) -> bool:
+def wait_for(predicate, timeout: float = 15.0, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.05)
+        time.sleep(step)
     return False
 
 
@@ -299,28 +299,45 @@ def load_seconds(host: Host) -> tuple[float, float]:
 
 
 def test_kill_9_during_load_leaves_all_or_nothing(host: Host) -> None:
-    rng = random.Random(12)
     window, work = load_seconds(host)
-    seen, staged = set(), 0
-    for attempt in range(16):
+    staged = 0
+
+    def kill_after(delay: float, from_lock: bool = True) -> str:
+        nonlocal staged
         proc = host.popen("load", "mini", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if attempt % 4:  # most kills aimed at the load proper (lock, bpf(), attach, pin, rename)
-            assert wait_for(lambda p=proc: holds_open(p.pid, host.tree) or p.poll() is not None, timeout=30)
-            time.sleep(rng.uniform(0, work * 1.2))
-        else:
-            time.sleep(rng.uniform(0.05, window))
+        if from_lock:
+            assert wait_for(lambda: holds_open(proc.pid, host.tree) or proc.poll() is not None, timeout=30,
+                            step=0.002)
+        time.sleep(delay)
         proc.kill()
         proc.wait()
         state = host.state()
         assert state in ("absent", "complete"), state
-        seen.add(state)
         staged += any(name.startswith("_staging_") for name in host.leftovers())
         # The next lock holder removes what the dead one staged; then nothing of it is left.
         unloaded = host.cli("unload", "mini")
         assert unloaded.returncode in (0, EXIT_CODES["NotLoaded"]), unloaded.stderr
         assert not host.tree.exists(), sorted(p.name for p in host.tree.iterdir())
-    assert len(seen) == 2, f"every kill landed on one side: {seen}"
-    print(f"window {window:.2f} s; {staged} of 16 kills left a staging dir for the next holder")
+        return state
+
+    # Kill times sweep the load proper (lock, bpf(), attach, pin, rename) from the lock on, and a
+    # few land anywhere in the whole command, start-up included.
+    seen = [kill_after(work * 1.5 * i / 11) for i in range(12)]
+    seen += [kill_after(window * i / 4, from_lock=False) for i in range(1, 5)]
+    # A busy machine stretches or shrinks the load against what was measured; then the sweep goes
+    # on past either end until it has seen both sides, so it never passes without having aimed at both.
+    late, early = work * 1.5, work / 4
+    for _ in range(12):
+        if "complete" not in seen:
+            late *= 2
+            seen.append(kill_after(late))
+        elif "absent" not in seen:
+            early /= 2
+            seen.append(kill_after(early))
+    assert set(seen) == {"absent", "complete"}, f"every kill landed on one side: {seen}"
+    print(f"window {window:.2f} s, load proper {work:.2f} s; {len(seen)} kills: "
+          f"{seen.count('absent')} absent, {seen.count('complete')} complete; "
+          f"{staged} left a staging dir for the next holder")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -333,7 +350,8 @@ def test_signal_during_load_exits_cleanly(host: Host, signum: int) -> None:
         # Aimed at the load itself (from the tree's lock on: load, attach, pin, rename), not at
         # the interpreter's start-up, which no Python program can shield. The first signal goes
         # as soon as the lock is held, so one lands even where a load is over in a few ms.
-        assert wait_for(lambda p=proc: holds_open(p.pid, host.tree) or p.poll() is not None, timeout=30)
+        assert wait_for(lambda p=proc: holds_open(p.pid, host.tree) or p.poll() is not None, timeout=30,
+                        step=0.002)
         time.sleep(rng.uniform(0, work) if attempt else 0)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
