@@ -344,26 +344,35 @@ def test_kill_9_during_load_leaves_all_or_nothing(host: Host) -> None:
 def test_signal_during_load_exits_cleanly(host: Host, signum: int) -> None:
     rng = random.Random(signum)
     _, work = load_seconds(host)
-    interrupted = 0
-    for attempt in range(8):
+
+    def signal_after(delay: float) -> bool:
+        """Whether the signal stopped the command (else it came after the command was done)."""
         proc = host.popen("load", "mini", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Aimed at the load itself (from the tree's lock on: load, attach, pin, rename), not at
-        # the interpreter's start-up, which no Python program can shield. The first signal goes
-        # as soon as the lock is held, so one lands even where a load is over in a few ms.
-        assert wait_for(lambda p=proc: holds_open(p.pid, host.tree) or p.poll() is not None, timeout=30,
+        # the interpreter's start-up, which no Python program can shield.
+        assert wait_for(lambda: holds_open(proc.pid, host.tree) or proc.poll() is not None, timeout=30,
                         step=0.002)
-        time.sleep(rng.uniform(0, work) if attempt else 0)
+        time.sleep(delay)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
         assert "Traceback" not in err, err
         assert proc.returncode in (0, 128 + signum), (proc.returncode, err)
         state = host.state()
         assert state in ("absent", "complete") and host.leftovers() == [], (state, host.leftovers())
-        interrupted += proc.returncode == 128 + signum
         if state == "complete":
             assert host.cli("unload", "mini").returncode == 0
         assert not host.tree.exists()
-    assert interrupted, "no signal landed while the load ran"
+        return proc.returncode == 128 + signum
+
+    # The first signal goes as soon as the lock is held, so one lands even where a load is over in
+    # a few ms; the others anywhere in the load proper as measured.
+    interrupted = [signal_after(rng.uniform(0, work) if attempt else 0) for attempt in range(8)]
+    # A busy moment can hold this process back past a short load's end every time; then more go at
+    # once, so the check that one landed fails only when no signal ever stops a load.
+    for _ in range(12):
+        if not any(interrupted):
+            interrupted.append(signal_after(0))
+    assert any(interrupted), f"no signal landed while the load ran ({len(interrupted)} tries)"
 
 
 def test_ctrl_c_under_heavy_events_exits_130(host: Host, tmp_path: Path) -> None:
