@@ -240,13 +240,13 @@ def test_sigterm_ends_a_watch_whose_reader_stopped_reading(host: Host, tmp_path:
         assert wait_for(lambda: agent_tgid(host.tree) == watcher.pid)
         target = tmp_path / "opened"
         target.write_text("x")
-        blocked = False
-        for _ in range(200):  # the pipe holds 64 KiB: a few hundred open events fill it
+        # The pipe holds 64 KiB: a few hundred open events fill it, once watch gets the CPU to
+        # write them; a busy host can hold it back for seconds, so this goes on until it blocks.
+        blocked, deadline = False, time.monotonic() + 60
+        while not blocked and time.monotonic() < deadline:
             for _ in range(500):
                 os.close(os.open(target, os.O_RDONLY))
             blocked = "pipe_write" in Path(f"/proc/{watcher.pid}/wchan").read_text()
-            if blocked:
-                break
         assert blocked, "watch never blocked on the full pipe"
         watcher.send_signal(signal.SIGTERM)
         watcher.wait(timeout=15)  # nothing reads the pipe meanwhile: that is the reader that hung
