@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 from hids_bytecode import api
 from hids_bytecode import libbpf as lb
@@ -42,11 +43,17 @@ try:
     threading.Thread(target=consume, daemon=True).start()
     time.sleep(1)
     child = subprocess.run([sys.executable, "-c", scenario], capture_output=True, text=True)
-    time.sleep(1.5)
-    before = read_counters(lib, counters_fd, schema)  # everything counted so far has been drained...
-    time.sleep(1.5)
-    after = read_counters(lib, counters_fd, schema)  # ...and nothing read was counted after this
+    before = read_counters(lib, counters_fd, schema)  # the child's events are all counted by now
+    # Read until every event counted so far has come through (a busy host can hold the reader back
+    # for seconds); a lost one never comes, and the test then sees fewer read than `before` says.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not errors:
+        got = Counter(e.get("event") for e in list(events))
+        if all(got[kind] >= counts.get("emitted", 0) for kind, counts in before.items()):
+            break
+        time.sleep(0.05)
     read = list(events)
+    after = read_counters(lib, counters_fd, schema)  # taken after `read`: counts every event in it
     print(json.dumps({"events": read, "errors": errors, "counters_before": before, "counters_after": after,
                       "load": loaded.as_dict(), "driver_tgid": os.getpid(),
                       "child": {"rc": child.returncode, "out": child.stdout, "err": child.stderr}}), flush=True)
