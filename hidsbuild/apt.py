@@ -12,8 +12,6 @@ import fcntl
 import hashlib
 import re
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -172,6 +170,8 @@ def _fetch_one(remote: Remote, dest: Path, on_progress: Callable[[int], None] | 
     partial = target.with_name(target.name + ".part")
     h = hashlib.sha256()
     size = 0
+    import urllib.request  # ~30 ms with http.client: only a download needs it, never a rebuild from cache
+
     try:
         with urllib.request.urlopen(remote.uri, timeout=60) as response, open(partial, "wb") as out:
             while chunk := response.read(1 << 16):
@@ -180,7 +180,7 @@ def _fetch_one(remote: Remote, dest: Path, on_progress: Callable[[int], None] | 
                 size += len(chunk)
                 if on_progress:
                     on_progress(len(chunk))
-    except (OSError, urllib.error.URLError) as exc:
+    except OSError as exc:  # URLError and HTTPError included
         partial.unlink(missing_ok=True)
         raise PackageUnavailable(f"download of {remote.filename} from {remote.uri} failed: {exc}") from None
     if size != remote.size or h.hexdigest() != remote.sha256:

@@ -15,12 +15,15 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from .errors import BundleError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# cryptography (~55 ms to import) loads only where a key is read or made: an unsigned build,
+# and a rebuild with nothing changed, never need it.
 
 __all__ = ["KEY_ENV", "SigningKey", "generate_keys", "load_signing_key", "resolve_key_path"]
 
@@ -35,6 +38,8 @@ class SigningKey:
 
     @property
     def public_raw(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     @property
@@ -62,6 +67,10 @@ def load_signing_key(path: Path) -> SigningKey:
         raise BundleError(f"signing key {path}: {exc.strerror or exc}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise BundleError(f"signing key {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; chmod 600")
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -77,6 +86,9 @@ def generate_keys(out: Path, name: str) -> tuple[Path, Path]:
     for path in (private, public):
         if path.exists():
             raise BundleError(f"{path} exists; refusing to overwrite a key")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
